@@ -1,3 +1,7 @@
 """jaxsecond: second-order and quasi-Newton optimizers over JAX pytrees."""
 
+from jaxsecond import schedules
+from jaxsecond.lr_range_test import LRRangeTestResult, lr_range_test, plot_lr_range_test
+from jaxsecond.transforms import adamw, amsgrad, heun, scale_by_torch_amsgrad
+
 __version__ = "0.1.0"
