@@ -37,7 +37,8 @@ def suggest_learning_rate(lrs, smoothed_losses):
 
   The slope d(loss)/d(log lr) is taken with `np.gradient` (central differences on the log grid),
   and its most negative value is searched among the points up to the minimum of the smoothed loss,
-  so the divergent tail after the minimum cannot be chosen.
+  so the divergent tail after the minimum cannot be chosen. The first tenth of the points is left
+  out too: there the debiased average rests on a handful of losses and its slope is mostly noise.
 
   Args:
     lrs: increasing learning rates.
@@ -59,8 +60,9 @@ def suggest_learning_rate(lrs, smoothed_losses):
   if lrs.size < 3:
     return float("nan")
   slopes = np.gradient(smoothed_losses, np.log(lrs))
-  end = int(np.argmin(smoothed_losses)) + 1
-  return float(lrs[int(np.argmin(slopes[:max(end, 2)]))])
+  start = lrs.size // 10
+  end = max(int(np.argmin(smoothed_losses)) + 1, start + 1)
+  return float(lrs[start + int(np.argmin(slopes[start:end]))])
 
 
 def _exponential_ramp(start_lr, end_lr, num_steps):
@@ -68,11 +70,14 @@ def _exponential_ramp(start_lr, end_lr, num_steps):
   return lambda count: start_lr * jax.numpy.exp(ratio * count)
 
 
-def _batch_stream(batches, num_steps):
-  """Yields num_steps batches; a re-iterable collection is cycled, a one-shot iterator may end."""
+def _loss_arguments(batches, num_steps):
+  """Yields up to num_steps argument tuples for loss_fn after params: () or (batch,).
+
+  A re-iterable collection of batches is cycled; a one-shot iterator may end early.
+  """
   if batches is None:
     for _ in range(num_steps):
-      yield None
+      yield ()
     return
   produced = 0
   while produced < num_steps:
@@ -81,7 +86,7 @@ def _batch_stream(batches, num_steps):
     empty = True
     for batch in iterator:
       empty = False
-      yield batch
+      yield (batch,)
       produced += 1
       if produced == num_steps:
         return
@@ -144,8 +149,8 @@ def lr_range_test(loss_fn, params, batches, optimizer=optax.adam, start_lr=1e-7,
   value_and_grad = jax.value_and_grad(loss_fn)
 
   @jax.jit
-  def train_step(params, state, batch):
-    loss, grads = value_and_grad(params) if batch is None else value_and_grad(params, batch)
+  def train_step(params, state, arguments):
+    loss, grads = value_and_grad(params, *arguments)
     updates, state = opt.update(grads, state, params)
     # The state returned by inject_hyperparams holds the values this update used.
     return optax.apply_updates(params, updates), state, loss, state.hyperparams["learning_rate"]
@@ -153,8 +158,8 @@ def lr_range_test(loss_fn, params, batches, optimizer=optax.adam, start_lr=1e-7,
   state = opt.init(params)
   lrs, losses, smoothed = [], [], []
   average, best, diverged = 0.0, math.inf, False
-  for step, batch in enumerate(_batch_stream(batches, num_steps)):
-    params, state, loss, lr = train_step(params, state, batch)
+  for step, arguments in enumerate(_loss_arguments(batches, num_steps)):
+    params, state, loss, lr = train_step(params, state, arguments)
     loss = float(loss)
     average = smooth * average + (1 - smooth) * loss
     debiased = average / (1 - smooth ** (step + 1))
