@@ -49,8 +49,8 @@ def suggest_learning_rate(lrs, smoothed_losses):
 
   Example:
     >>> import numpy as np
-    >>> lrs = np.logspace(-5, 0, 50)
-    >>> round(np.log10(suggest_learning_rate(lrs, -np.tanh(np.log10(lrs) + 2.5))), 1)
+    >>> lrs = np.logspace(-5, 0, 51)
+    >>> float(np.log10(suggest_learning_rate(lrs, -np.tanh(np.log10(lrs) + 2.5))).round(6))
     -2.5
   """
   lrs = np.asarray(lrs, dtype=np.float64)
@@ -213,6 +213,12 @@ def plot_lr_range_test(result, ax=None):
     at = np.interp(np.log(result.suggested_lr), np.log(result.lrs), result.smoothed_losses)
     ax.plot([result.suggested_lr], [at], "o", color="C3",
             label=f"steepest descent: {result.suggested_lr:.2e}")
+  finite = result.smoothed_losses[np.isfinite(result.smoothed_losses)]
+  if finite.size:
+    # Frame the smoothed curve: single raw losses of a diverging step would squash it flat.
+    low, high = float(finite.min()), float(finite.max())
+    margin = 0.1 * (high - low) or 0.1 * abs(high) or 1.0
+    ax.set_ylim(low - margin, high + margin)
   ax.set_xscale("log")
   ax.set_xlabel("learning rate")
   ax.set_ylabel("loss")
