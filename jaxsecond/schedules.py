@@ -17,7 +17,11 @@ _ANNEAL_STRATEGIES = ("cos", "linear")
 
 
 def _as_float(step):
-  return jnp.asarray(step).astype(jnp.result_type(float))
+  # Multiplying by a Python float gives a *weakly typed* float: the schedule's values then adopt
+  # the parameters' dtype (float32 updates stay float32, and inject_hyperparams casts them), while
+  # an integer step still computes in the default float type (float64 under jax_enable_x64), not
+  # in float32 as optax's schedules do at their int32 step count.
+  return jnp.asarray(step) * 1.0
 
 
 def _check_step_size(name, value):
@@ -80,6 +84,7 @@ def cyclic(base_value, max_value, step_size_up, step_size_down=None, mode="trian
   if scale_mode not in ("cycle", "iterations"):
     raise ValueError(f"scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}.")
 
+  base_value, max_value, gamma = float(base_value), float(max_value), float(gamma)
   up = float(step_size_up)
   down = float(step_size_down) if step_size_down is not None else up
   total = up + down
@@ -196,6 +201,7 @@ def one_cycle(total_steps, max_value, pct_start=0.3, anneal_strategy="cos", div_
   check_number("max_value", max_value, low=0.0, low_open=True)
   check_number("div_factor", div_factor, low=0.0, low_open=True)
   check_number("final_div_factor", final_div_factor, low=0.0, low_open=True)
+  max_value, div_factor, final_div_factor = float(max_value), float(div_factor), float(final_div_factor)
   initial = max_value / div_factor
   values = {"initial": initial, "peak": max_value, "final": initial / final_div_factor}
   return _piecewise_anneal(total_steps, pct_start, anneal_strategy, three_phase, values)
@@ -234,17 +240,21 @@ def one_cycle_momentum(total_steps, pct_start=0.3, base_momentum=0.85, max_momen
   check_number("base_momentum", base_momentum, low=0.0)
   check_number("max_momentum", max_momentum, low=0.0)
   _check_ordered("base_momentum", base_momentum, "max_momentum", max_momentum)
+  base_momentum, max_momentum = float(base_momentum), float(max_momentum)
   values = {"initial": max_momentum, "peak": base_momentum, "final": max_momentum}
   return _piecewise_anneal(total_steps, pct_start, anneal_strategy, three_phase, values)
 
 
 def _restart_starts(t_0, t_mult):
-  """Start steps of the SGDR periods, t_0 * (t_mult^n - 1) / (t_mult - 1), up to 2^62."""
+  """Start steps t_0 * (t_mult^n - 1) / (t_mult - 1) of the SGDR periods below 2^31, as int32.
+
+  optax counts steps in int32, so the last period listed covers every reachable step.
+  """
   starts, length, start = [], t_0, 0
-  while start < 2**62:
+  while start < 2**31:
     starts.append(start)
     start, length = start + length, length * t_mult
-  return np.asarray(starts, dtype=np.float64)
+  return np.asarray(starts, dtype=np.int64)
 
 
 def cosine_warm_restarts(base_value, t_0, t_mult=1, eta_min=0.0):
@@ -274,17 +284,20 @@ def cosine_warm_restarts(base_value, t_0, t_mult=1, eta_min=0.0):
   check_positive_int("t_mult", t_mult)
   check_number("base_value", base_value)
   check_number("eta_min", eta_min)
+  base_value, eta_min = float(base_value), float(eta_min)
 
   if t_mult == 1:
     def period(t):
-      return jnp.mod(t, t_0), jnp.asarray(float(t_0))
+      return jnp.mod(t, t_0), t_0
   else:
     starts = _restart_starts(t_0, t_mult)
-    lengths = np.diff(starts, append=starts[-1] * t_mult + t_0)
+    # Int32 tables keep the arithmetic exact and the result weakly typed; lengths past 2^31 clip.
+    lengths = np.minimum(t_0 * t_mult ** np.arange(len(starts), dtype=object), 2**31 - 1)
+    starts, lengths = starts.astype(np.int32), np.asarray(lengths, dtype=np.int32)
 
     def period(t):
-      index = jnp.searchsorted(jnp.asarray(starts, t.dtype), t, side="right") - 1
-      return t - jnp.asarray(starts, t.dtype)[index], jnp.asarray(lengths, t.dtype)[index]
+      index = jnp.searchsorted(jnp.asarray(starts), t, side="right") - 1
+      return t - jnp.asarray(starts)[index], jnp.asarray(lengths)[index]
 
   def schedule(step):
     t_cur, t_i = period(_as_float(step))

@@ -7,6 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxsecond as js
@@ -73,6 +74,21 @@ def test_one_cycle_beyond_total_steps_holds_final_value():
   schedule = js.schedules.one_cycle(100, 1.0, div_factor=10.0, final_div_factor=100.0)
   np.testing.assert_allclose(schedule(101), 1e-3)
   np.testing.assert_allclose(schedule(10_000), 1e-3)
+
+
+@pytest.mark.parametrize("schedule", [
+    js.schedules.cyclic(0.1, 1.0, 4, mode="exp_range", gamma=0.9),
+    js.schedules.one_cycle(20, 0.1),
+    js.schedules.one_cycle_momentum(20, three_phase=True),
+    js.schedules.cosine_warm_restarts(0.1, 3, t_mult=2),
+])
+def test_values_adopt_float32_parameters_dtype(schedule):
+  """Weakly typed values: float32 updates stay float32, also through inject_hyperparams."""
+  params = jnp.ones(3, jnp.float32)
+  assert (jax.jit(schedule)(jnp.int32(5)) * params).dtype == jnp.float32
+  opt = optax.inject_hyperparams(js.adamw)(learning_rate=schedule, amsgrad=True)
+  updates, _ = jax.jit(opt.update)(params, opt.init(params), params)
+  assert updates.dtype == jnp.float32
 
 
 def test_float32_mode():
