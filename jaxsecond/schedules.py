@@ -245,16 +245,18 @@ def one_cycle_momentum(total_steps, pct_start=0.3, base_momentum=0.85, max_momen
   return _piecewise_anneal(total_steps, pct_start, anneal_strategy, three_phase, values)
 
 
-def _restart_starts(t_0, t_mult):
-  """Start steps t_0 * (t_mult^n - 1) / (t_mult - 1) of the SGDR periods below 2^31, as int32.
+def _restart_periods(t_0, t_mult):
+  """Starts t_0 * (t_mult^n - 1) / (t_mult - 1) and lengths t_0 * t_mult^n of the SGDR periods.
 
-  optax counts steps in int32, so the last period listed covers every reachable step.
+  Integer tables keep the period search exact and the schedule's result weakly typed. Only periods
+  starting below 2^31 are listed (optax counts steps in int32); the last length is clipped to int32.
   """
-  starts, length, start = [], t_0, 0
+  starts, lengths, start, length = [], [], 0, t_0
   while start < 2**31:
     starts.append(start)
+    lengths.append(min(length, 2**31 - 1))
     start, length = start + length, length * t_mult
-  return np.asarray(starts, dtype=np.int64)
+  return np.asarray(starts, np.int32), np.asarray(lengths, np.int32)
 
 
 def cosine_warm_restarts(base_value, t_0, t_mult=1, eta_min=0.0):
@@ -290,10 +292,7 @@ def cosine_warm_restarts(base_value, t_0, t_mult=1, eta_min=0.0):
     def period(t):
       return jnp.mod(t, t_0), t_0
   else:
-    starts = _restart_starts(t_0, t_mult)
-    # Int32 tables keep the arithmetic exact and the result weakly typed; lengths past 2^31 clip.
-    lengths = np.minimum(t_0 * t_mult ** np.arange(len(starts), dtype=object), 2**31 - 1)
-    starts, lengths = starts.astype(np.int32), np.asarray(lengths, dtype=np.int32)
+    starts, lengths = _restart_periods(t_0, t_mult)
 
     def period(t):
       index = jnp.searchsorted(jnp.asarray(starts), t, side="right") - 1

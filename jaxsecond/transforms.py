@@ -9,6 +9,12 @@ import optax
 from jaxsecond._validation import check_learning_rate, check_number
 
 
+def _check_moment_arguments(b1, b2, eps):
+  check_number("b1", b1, low=0.0, high=1.0, high_open=True)
+  check_number("b2", b2, low=0.0, high=1.0, high_open=True)
+  check_number("eps", eps, low=0.0)
+
+
 class ScaleByTorchAmsgradState(NamedTuple):
   """State of `scale_by_torch_amsgrad`.
 
@@ -51,9 +57,7 @@ def scale_by_torch_amsgrad(b1=0.9, b2=0.999, eps=1e-8):
     >>> opt = optax.chain(scale_by_torch_amsgrad(), optax.scale_by_learning_rate(1e-3))
     >>> state = opt.init(jnp.zeros(3))
   """
-  check_number("b1", b1, low=0.0, high=1.0, high_open=True)
-  check_number("b2", b2, low=0.0, high=1.0, high_open=True)
-  check_number("eps", eps, low=0.0)
+  _check_moment_arguments(b1, b2, eps)
 
   def init_fn(params):
     return ScaleByTorchAmsgradState(
@@ -116,15 +120,13 @@ def adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, *, amsgr
     >>> params = optax.apply_updates(params, updates)
   """
   check_learning_rate("learning_rate", learning_rate)
+  _check_moment_arguments(b1, b2, eps)
   check_number("weight_decay", weight_decay, low=0.0)
   if not isinstance(amsgrad, bool):
     raise TypeError(f"amsgrad must be a bool, got {amsgrad!r}.")
   if amsgrad:
     moments = scale_by_torch_amsgrad(b1=b1, b2=b2, eps=eps)
   else:
-    check_number("b1", b1, low=0.0, high=1.0, high_open=True)
-    check_number("b2", b2, low=0.0, high=1.0, high_open=True)
-    check_number("eps", eps, low=0.0)
     moments = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
   return optax.chain(
       moments,
