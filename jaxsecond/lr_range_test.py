@@ -4,6 +4,7 @@ import math
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -66,8 +67,8 @@ def suggest_learning_rate(lrs, smoothed_losses):
 
 
 def _exponential_ramp(start_lr, end_lr, num_steps):
-  ratio = math.log(end_lr / start_lr) / max(num_steps - 1, 1)
-  return lambda count: start_lr * jax.numpy.exp(ratio * count)
+  ratio = math.log(end_lr / start_lr) / (num_steps - 1)
+  return lambda count: start_lr * jnp.exp(ratio * count)
 
 
 def _loss_arguments(batches, num_steps):
