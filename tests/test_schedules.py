@@ -16,13 +16,20 @@ GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "golden", "schedules.np
 NAMES = sorted(k[len("config_"):] for k in GOLDEN.files if k.startswith("config_"))
 
 
+# The custom CyclicLR scale functions of tests/golden/make_golden.py, in jnp.
+SCALE_FNS = {"inverse": lambda x: 1.0 / (1.0 + x), "decay": lambda x: 0.98**x}
+
+
 def _schedules(spec):
   """(lr schedule, momentum schedule or None) for a torch scheduler spec."""
   kwargs = spec["kwargs"]
   if spec["name"] == "CyclicLR":
+    custom = {}
+    if "scale_fn" in spec:
+      custom = dict(scale_fn=SCALE_FNS[spec["scale_fn"]], scale_mode=kwargs["scale_mode"])
     lr = js.schedules.cyclic(
         kwargs["base_lr"], kwargs["max_lr"], kwargs["step_size_up"], kwargs.get("step_size_down"),
-        mode=kwargs.get("mode", "triangular"), gamma=kwargs.get("gamma", 1.0))
+        mode=kwargs.get("mode", "triangular"), gamma=kwargs.get("gamma", 1.0), **custom)
     return lr, None
   if spec["name"] == "OneCycleLR":
     common = dict(pct_start=kwargs["pct_start"], anneal_strategy=kwargs.get("anneal_strategy", "cos"),

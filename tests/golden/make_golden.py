@@ -45,6 +45,12 @@ SCHEDULES = {
     "cyclic_fractional": dict(name="CyclicLR", steps=100,
                               kwargs=dict(base_lr=2e-3, max_lr=5e-2, step_size_up=4.5,
                                           step_size_down=3.25)),
+    "cyclic_custom_scale_cycle": dict(name="CyclicLR", steps=100, scale_fn="inverse",
+                                      kwargs=dict(base_lr=1e-3, max_lr=1e-1, step_size_up=5,
+                                                  scale_mode="cycle")),
+    "cyclic_custom_scale_iterations": dict(name="CyclicLR", steps=100, scale_fn="decay",
+                                           kwargs=dict(base_lr=1e-3, max_lr=1e-1, step_size_up=5,
+                                                       scale_mode="iterations")),
     "one_cycle_cos": dict(name="OneCycleLR", steps=200,
                           kwargs=dict(max_lr=0.1, total_steps=200, pct_start=0.3)),
     "one_cycle_linear": dict(name="OneCycleLR", steps=150,
@@ -66,6 +72,10 @@ SCHEDULES = {
     "sgdr_t_mult_3": dict(name="CosineAnnealingWarmRestarts", steps=400,
                           kwargs=dict(T_0=3, T_mult=3, eta_min=1e-3)),
 }
+
+
+# Custom CyclicLR scale functions, named in the specs (the tests use jnp versions of the same).
+SCALE_FNS = {"inverse": lambda x: 1.0 / (1.0 + x), "decay": lambda x: 0.98**x}
 
 
 def problem():
@@ -120,6 +130,8 @@ def run_schedule(spec):
   kwargs = dict(spec["kwargs"])
   if spec["name"] == "CyclicLR":
     kwargs["cycle_momentum"] = False
+    if "scale_fn" in spec:
+      kwargs["scale_fn"] = SCALE_FNS[spec["scale_fn"]]
   scheduler = getattr(torch.optim.lr_scheduler, spec["name"])(optimizer, **kwargs)
 
   def momentum():
