@@ -114,3 +114,12 @@ def test_plot_without_matplotlib_is_a_clear_import_error(monkeypatch):
 def test_invalid_arguments(kwargs, message):
   with pytest.raises((ValueError, TypeError), match=message):
     js.lr_range_test(_quadratic, jnp.ones(4), None, **kwargs)
+
+
+def test_plot_on_given_axes_with_adamw_factory():
+  result = js.lr_range_test(_quadratic, jnp.ones(4), None, optimizer=js.adamw, num_steps=30,
+                            start_lr=1e-3, end_lr=1.0)
+  fig, ax = matplotlib.pyplot.subplots()
+  assert js.plot_lr_range_test(result, ax=ax) is fig
+  assert ax.get_xscale() == "log"
+  matplotlib.pyplot.close(fig)
