@@ -99,9 +99,11 @@ def main():
 
   machine_text = machine()
   results = {name: [] for name in OPTIMIZERS}
-  for _ in range(args.rounds):
-    for name, make in OPTIMIZERS.items():
-      results[name].append(time_optimizer(make(), dtype, args.repeats))
+  for round_index in range(args.rounds):
+    # Alternate the order so no optimizer always runs right after its peer.
+    names = list(OPTIMIZERS) if round_index % 2 == 0 else list(reversed(OPTIMIZERS))
+    for name in names:
+      results[name].append(time_optimizer(OPTIMIZERS[name](), dtype, args.repeats))
   rows, static_of = [], {}
   for name, runs in results.items():
     compile_s = statistics.median(r[0] for r in runs)
@@ -120,7 +122,7 @@ def main():
       "",
       f"Pytree: {len(SHAPES)} leaves, {size / 1e6:.1f}M parameters, {args.dtype}; one jitted step = "
       f"update + apply_updates with donated buffers; warm time = median over {args.rounds} "
-      f"interleaved rounds of the median of {args.repeats} steps.",
+      f"interleaved rounds (order alternating) of the median of {args.repeats} steps.",
       "",
       "| optimizer | compile (s) | warm step (ms) | best step (ms) | ratio to peer (warm) "
       "| ratio to peer (best) |",
