@@ -1,3 +1,8 @@
 """jaxsecond: second-order and quasi-Newton optimizers over JAX pytrees."""
 
+from jaxsecond.convergence import Status
+from jaxsecond.optimize import OptimizeResult, minimize
+
 __version__ = "0.1.0"
+
+__all__ = ["OptimizeResult", "Status", "minimize"]
