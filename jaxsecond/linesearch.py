@@ -209,6 +209,7 @@ def line_search_step(state: LineSearchState, f, g, ftol, gtol, xtol) -> LineSear
     # If further progress is not possible, let stp be the best point obtained so far.
     stuck = brackt & ((stp <= stmin) | (stp >= stmax) | (stmax - stmin <= xtol * stmax))
     stp = jnp.where(stuck | ~jnp.isfinite(stp), stx, stp)
+    stp = jnp.where(task == SEARCHING, stp, s.stp)  # a finished search reports the accepted step
 
     searched = LineSearchState(
         stp=stp, stx=stx, fx=fx, gx=gx, sty=sty, fy=fy, gy=gy, stmin=stmin, stmax=stmax,
