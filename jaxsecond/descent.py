@@ -74,10 +74,17 @@ class _State(NamedTuple):
     nit: Array
     nfev: Array
     status: Array
+    need_direction: Array  # the next trip starts by computing a direction at x
+    forget: Array  # ... after resetting the memory (a search failed or went uphill)
 
 
 def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options: DescentOptions, disp=False):
     """Minimises ``value_and_grad``'s function over the box from ``x0`` (flat vectors).
+
+    Each trip of the loop (1) computes a search direction when the last trip ended at a new iterate,
+    (2) evaluates the objective at the line search's trial step (the first trip evaluates ``x0``) and
+    (3) advances the line search, accepting the trial as the next iterate when the search stops.
+    There is one direction site and one evaluation site in the compiled program.
 
     Args:
       value_and_grad: ``x -> (f, g)`` on flat vectors.
@@ -94,87 +101,69 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
     constrained = jnp.any(jnp.isfinite(lower) | jnp.isfinite(upper))
     boxed = jnp.all(jnp.isfinite(lower) & jnp.isfinite(upper))
 
-    def start_search(memory, x, f, g, nit):
-        """Direction and first trial step at a new iterate; retries once without memory if uphill."""
-
-        def attempt(memory):
-            d = method.direction(memory, x, g, lower, upper)
-            limit = jnp.where(constrained, max_step_in_box(x, d, lower, upper, _BIG_STEP), _BIG_STEP)
-            limit = jnp.where(constrained & (nit == 0), jnp.minimum(limit, 1.0), limit)
-            first = nit == 0
-            stp = jnp.where(first & ~boxed, 1.0 / jnp.linalg.norm(d), 1.0)
-            return d, ls_lib.line_search_init(f, g @ d, stp, limit.astype(dtype))
-
-        d, search = attempt(memory)
-        retry = (search.task == ls_lib.ERROR) & ~method.memory_is_empty(memory)
-        memory = lax.cond(retry, method.reset_memory, lambda m: m, memory)
-        d, search = lax.cond(retry, lambda: attempt(memory), lambda: (d, search))
-        return memory, d, search
-
-    def initial_state():
-        f0, g0 = value_and_grad(x0)
-        memory = method.init_memory(x0)
-        nit = jnp.zeros((), jnp.int32)
-        nfev = jnp.ones((), jnp.int32)
-        status, pg_norm = status_at_iterate(
-            x0, f0, g0, f0, lower, upper, nit, nfev, options.gtol, options.ftol,
-            options.maxiter, options.maxfun, first=True,
+    def new_direction(state: _State) -> _State:
+        memory = lax.cond(state.forget, method.reset_memory, lambda m: m, state.memory)
+        d = method.direction(memory, state.x, state.g, lower, upper)
+        limit = jnp.where(constrained, max_step_in_box(state.x, d, lower, upper, _BIG_STEP), _BIG_STEP)
+        # L-BFGS-B's first step: at most 1 in a box, 1/|d| when some variable is unbounded.
+        first = state.nit == 0
+        limit = jnp.where(constrained & first, jnp.minimum(limit, 1.0), limit).astype(dtype)
+        stp = jnp.where(first & ~boxed, 1.0 / jnp.linalg.norm(d), 1.0)
+        search = ls_lib.line_search_init(state.f, state.g @ d, stp, limit)
+        # An uphill direction: retry next trip without memory, or give up if there was none.
+        uphill = search.task == ls_lib.ERROR
+        empty = method.memory_is_empty(memory)
+        status = jnp.where(uphill & empty, Status.LINESEARCH_FAILED, state.status).astype(jnp.int32)
+        return state._replace(
+            d=d, search=search, memory=memory, status=status, need_direction=uphill, forget=uphill
         )
-        memory, d, search = start_search(memory, x0, f0, g0, nit)
-        status = jnp.where(
-            (status == Status.RUNNING) & (search.task == ls_lib.ERROR), Status.LINESEARCH_FAILED, status
-        )
-        if disp:
-            jax.debug.print("iter {:5d}  f = {: .10e}  |proj g| = {:.4e}  nfev = {}", nit, f0, pg_norm, nfev)
-        return _State(x0, f0, g0, d, search, memory, nit, nfev, status)
 
-    def accept(state: _State, x_new, f_new, g_new, search):
+    def evaluate(state: _State):
+        x_trial = jnp.where(state.nfev == 0, state.x, project(state.x + state.search.stp * state.d, lower, upper))
+        f, g = value_and_grad(x_trial)
+        return x_trial, jnp.asarray(f, dtype), g
+
+    def new_iterate(state: _State, x_new, f_new, g_new, stp) -> _State:
+        first = state.nfev == 1
+        nit = jnp.where(first, 0, state.nit + 1)
         s, y = x_new - state.x, g_new - state.g
-        nit = state.nit + 1
         # Keep the pair only if the curvature s.y is safely positive (L-BFGS-B's test).
-        curvature_ok = s @ y > jnp.finfo(dtype).eps * (-(state.g @ state.d) * search.stp)
-        memory = lax.cond(curvature_ok, method.update_memory, lambda m, s, y: m, state.memory, s, y)
+        keep = ~first & (s @ y > jnp.finfo(dtype).eps * (-(state.g @ state.d) * stp))
+        memory = lax.cond(keep, method.update_memory, lambda m, s, y: m, state.memory, s, y)
         status, pg_norm = status_at_iterate(
-            x_new, f_new, g_new, state.f, lower, upper, nit, state.nfev, options.gtol, options.ftol,
-            options.maxiter, options.maxfun, first=False,
+            x_new, f_new, g_new, jnp.where(first, f_new, state.f), lower, upper, nit, state.nfev,
+            options.gtol, options.ftol, options.maxiter, options.maxfun, first,
         )
-        ray = (search.stp >= _BIG_STEP) & (status == Status.RUNNING)
+        # A search that ended at the largest unconstrained step followed a descent ray for 1e10.
+        ray = (stp >= _BIG_STEP) & (status == Status.RUNNING)
         status = jnp.where(ray, Status.UNBOUNDED, status)
         if disp:
             jax.debug.print(
                 "iter {:5d}  f = {: .10e}  |proj g| = {:.4e}  nfev = {}", nit, f_new, pg_norm, state.nfev
             )
-        memory, d, new_search = start_search(memory, x_new, f_new, g_new, nit)
-        status = jnp.where(
-            (status == Status.RUNNING) & (new_search.task == ls_lib.ERROR), Status.LINESEARCH_FAILED, status
+        return state._replace(
+            x=x_new, f=f_new, g=g_new, memory=memory, nit=nit, status=status.astype(jnp.int32),
+            need_direction=jnp.ones((), bool), forget=jnp.zeros((), bool),
         )
-        return _State(x_new, f_new, g_new, d, new_search, memory, nit, state.nfev, status)
 
-    def restart(state: _State, search):
-        """After a failed search: forget the memory and search again, or give up if it was empty."""
+    def failed_search(state: _State, search) -> _State:
+        """Forget the memory and search again (L-BFGS-B's restart), or give up if it was empty."""
         empty = method.memory_is_empty(state.memory)
-        memory = method.reset_memory(state.memory)
-        memory, d, new_search = start_search(memory, state.x, state.f, state.g, state.nit)
-        give_up = empty | (new_search.task == ls_lib.ERROR)
         failure = jnp.where(search.nonfinite, Status.NONFINITE, Status.LINESEARCH_FAILED)
-        status = jnp.where(
-            give_up, failure, jnp.where(state.nfev >= options.maxfun, Status.MAXFUN, Status.RUNNING)
-        )
-        return state._replace(d=d, search=new_search, memory=memory, status=status.astype(jnp.int32))
+        status = jnp.where(empty, failure, state.status).astype(jnp.int32)
+        return state._replace(search=search, status=status, need_direction=~empty, forget=~empty)
 
-    def body(state: _State):
-        x_trial = project(state.x + state.search.stp * state.d, lower, upper)
-        f_trial, g_trial = value_and_grad(x_trial)
+    def advance(state: _State) -> _State:
+        x_trial, f_trial, g_trial = evaluate(state)
         state = state._replace(nfev=state.nfev + 1)
         search = ls_lib.line_search_step(
             state.search, f_trial, g_trial @ state.d, method.c1, method.c2, method.xtol
         )
-        accepted = (search.task == ls_lib.CONVERGED) | (search.task == ls_lib.WARNING)
-        failed = (search.task == ls_lib.ERROR) | (
-            (search.task == ls_lib.SEARCHING) & (search.nfev >= options.maxls)
-        )
+        initial = state.nfev == 1
+        accepted = initial | (search.task == ls_lib.CONVERGED) | (search.task == ls_lib.WARNING)
+        failed = (search.task == ls_lib.ERROR) | ((search.task == ls_lib.SEARCHING) & (search.nfev >= options.maxls))
         out_of_budget = (search.task == ls_lib.SEARCHING) & (state.nfev >= options.maxfun)
-        unbounded = f_trial == -jnp.inf
+        unbounded = ~initial & (f_trial == -jnp.inf)
         branch = jnp.where(
             unbounded, 4, jnp.where(accepted, 1, jnp.where(failed, 2, jnp.where(out_of_budget, 3, 0)))
         )
@@ -182,8 +171,8 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
             branch,
             [
                 lambda: state._replace(search=search),
-                lambda: accept(state, x_trial, f_trial, g_trial, search),
-                lambda: restart(state, search),
+                lambda: new_iterate(state, x_trial, f_trial, g_trial, jnp.where(initial, 0.0, search.stp)),
+                lambda: failed_search(state, search),
                 lambda: state._replace(search=search, status=jnp.int32(Status.MAXFUN)),
                 lambda: state._replace(
                     x=x_trial, f=f_trial, g=g_trial, search=search, status=jnp.int32(Status.UNBOUNDED)
@@ -191,7 +180,18 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
             ],
         )
 
-    final = lax.while_loop(lambda s: s.status == Status.RUNNING, body, initial_state())
+    def body(state: _State) -> _State:
+        state = lax.cond(state.need_direction, new_direction, lambda s: s, state)
+        return lax.cond(state.need_direction | (state.status != Status.RUNNING), lambda s: s, advance, state)
+
+    zero = jnp.zeros((), dtype)
+    init = _State(
+        x=x0, f=zero, g=jnp.zeros_like(x0), d=jnp.zeros_like(x0),
+        search=ls_lib.line_search_init(zero, -1.0, 1.0, 1.0), memory=method.init_memory(x0),
+        nit=jnp.zeros((), jnp.int32), nfev=jnp.zeros((), jnp.int32), status=jnp.int32(Status.RUNNING),
+        need_direction=jnp.zeros((), bool), forget=jnp.zeros((), bool),
+    )
+    final = lax.while_loop(lambda s: s.status == Status.RUNNING, body, init)
     if disp:
         jax.debug.callback(_print_final, final.status, final.nit, final.nfev, final.f)
     return DescentResult(final.x, final.f, final.g, final.nit, final.nfev, final.status)

@@ -1,0 +1,343 @@
+"""``js.minimize`` end to end: against scipy's L-BFGS-B, on pytrees, under jit/vmap, and on bad input."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize as so
+
+import jaxsecond as js
+
+METHODS = ["l-bfgs", "l-bfgs-b"]
+
+
+def rosen(x):
+    return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+
+
+def beale(x):
+    return (1.5 - x[0] + x[0] * x[1]) ** 2 + (2.25 - x[0] + x[0] * x[1] ** 2) ** 2 + (
+        2.625 - x[0] + x[0] * x[1] ** 3
+    ) ** 2
+
+
+def powell_singular(x):
+    return (x[0] + 10 * x[1]) ** 2 + 5 * (x[2] - x[3]) ** 2 + (x[1] - 2 * x[2]) ** 4 + 10 * (x[0] - x[3]) ** 4
+
+
+def wood(x):
+    return (
+        100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2 + 90 * (x[3] - x[2] ** 2) ** 2 + (1 - x[2]) ** 2
+        + 10.1 * ((x[1] - 1) ** 2 + (x[3] - 1) ** 2) + 19.8 * (x[1] - 1) * (x[3] - 1)
+    )
+
+
+# (fun, x0, f*) with the Moré–Garbow–Hillstrom starting points and optimal values.
+PROBLEMS = {
+    "rosenbrock": (rosen, [-1.2, 1.0], 0.0),
+    "ext_rosenbrock_10": (rosen, [-1.2, 1.0] * 5, 0.0),
+    "beale": (beale, [1.0, 1.0], 0.0),
+    "powell_singular": (powell_singular, [3.0, -1.0, 0.0, 1.0], 0.0),
+    "wood": (wood, [-3.0, -1.0, -3.0, -1.0], 7.876954987),  # both stop at Wood's known saddle region
+}
+
+
+def scipy_lbfgsb(fun, x0, bounds=None, **options):
+    vg = jax.jit(jax.value_and_grad(fun))
+    return so.minimize(
+        lambda x: tuple(np.asarray(v) for v in vg(x)), np.asarray(x0, float), jac=True,
+        method="L-BFGS-B", bounds=bounds, options=options,
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_unconstrained_problems_match_scipy(name, method):
+    fun, x0, fstar = PROBLEMS[name]
+    res = js.minimize(fun, jnp.asarray(x0), method=method)
+    ref = scipy_lbfgsb(fun, x0)
+    assert bool(res.success) and ref.success
+    assert abs(float(res.fun) - fstar) <= 1e-6 and abs(ref.fun - fstar) <= 1e-6
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-3)
+    # Same algorithm and line search as scipy: the evaluation counts agree up to rounding effects.
+    assert int(res.nfev) <= ref.nfev + max(2, 0.1 * ref.nfev), (int(res.nfev), ref.nfev)
+    assert int(res.njev) == int(res.nfev)
+
+
+def test_bounded_rosenbrock_matches_scipy_exactly():
+    lower, upper = jnp.array([-2.0, 1.5]), jnp.array([2.0, 3.0])
+    res = js.minimize(rosen, jnp.array([-1.2, 2.0]), bounds=(lower, upper))
+    ref = scipy_lbfgsb(rosen, [-1.2, 2.0], bounds=list(zip(lower, upper)))
+    np.testing.assert_allclose(res.x, ref.x, rtol=1e-7)
+    assert (int(res.nit), int(res.nfev)) == (ref.nit, ref.nfev)
+    assert float(res.x[1]) == 1.5  # the active bound is met exactly
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_box_qp_matches_scipy(seed):
+    rng = np.random.default_rng(seed)
+    n = 12
+    a = rng.normal(size=(n, n))
+    hess, lin = a @ a.T / n + 0.1 * np.eye(n), rng.normal(size=n) * 3
+    lower = np.where(rng.random(n) < 0.7, -rng.random(n), -np.inf)
+    upper = np.where(rng.random(n) < 0.7, rng.random(n), np.inf)
+    fun = lambda x: 0.5 * x @ (jnp.asarray(hess) @ x) + jnp.asarray(lin) @ x
+    x0 = np.clip(rng.normal(size=n), lower, upper)
+    res = js.minimize(fun, jnp.asarray(x0), bounds=(jnp.asarray(lower), jnp.asarray(upper)),
+        options={"gtol": 1e-10, "ftol": 1e-14},
+    )
+    ref = scipy_lbfgsb(fun, x0, bounds=list(zip(lower, upper)), gtol=1e-10, ftol=1e-14)
+    assert bool(res.success)
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-6)
+    assert np.all(np.asarray(res.x) >= lower) and np.all(np.asarray(res.x) <= upper)
+    assert np.any((np.asarray(res.x) == lower) | (np.asarray(res.x) == upper))  # constraints active
+
+
+def test_diagonal_box_qp_closed_form():
+    # min sum d_i (x_i - c_i)^2 over a box: the solution is clip(c, lower, upper).
+    d, c = jnp.array([1.0, 4.0, 0.5, 2.0]), jnp.array([2.0, -3.0, 0.2, 5.0])
+    lower, upper = jnp.array([-1.0, -1.0, -1.0, -1.0]), jnp.array([1.0, 1.0, 1.0, 1.0])
+    res = js.minimize(lambda x: jnp.sum(d * (x - c) ** 2), jnp.zeros(4), bounds=(lower, upper))
+    np.testing.assert_allclose(res.x, jnp.clip(c, lower, upper), atol=1e-8)
+
+
+def test_nonnegative_least_squares_matches_scipy_nnls():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(30, 10)), rng.normal(size=30)
+    fun = lambda x: 0.5 * jnp.sum((jnp.asarray(a) @ x - jnp.asarray(b)) ** 2)
+    res = js.minimize(fun, jnp.ones(10), bounds=(0.0, None), tol=1e-12)
+    x_ref, _ = so.nnls(a, b)
+    np.testing.assert_allclose(res.x, x_ref, atol=1e-7)
+    assert 0 < int(np.sum(x_ref == 0)) < 10  # the reference has active and inactive constraints
+
+
+def test_logistic_regression_matches_scipy_on_breast_cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = (data.data - data.data.mean(0)) / data.data.std(0)
+    y = data.target.astype(float)
+    X, Y = jnp.asarray(x), jnp.asarray(y)
+
+    def loss(params, l2):
+        logits = X @ params["w"] + params["b"]
+        return jnp.mean(jnp.logaddexp(0.0, logits) - Y * logits) + 0.5 * l2 * params["w"] @ params["w"]
+
+    p0 = {"w": jnp.zeros(x.shape[1]), "b": jnp.array(0.0)}
+    res = js.minimize(loss, p0, args=(1e-2,), options={"gtol": 1e-10, "ftol": 1e-14})
+    flat = lambda v: loss({"w": v[:-1], "b": v[-1]}, 1e-2)
+    ref = scipy_lbfgsb(flat, np.zeros(x.shape[1] + 1), gtol=1e-10, ftol=1e-14)
+    np.testing.assert_allclose(res.x["w"], ref.x[:-1], atol=1e-5)
+    np.testing.assert_allclose(res.fun, ref.fun, rtol=1e-10)
+
+
+def test_dict_minimize_seed_example():
+    def rosen_obj(params, shift):
+        X, Y = params["x_half_a"] - shift, params["x_half_b"] - shift
+        return 100 * (X[1] - X[0] ** 2) ** 2 + (1 - X[0]) ** 2 + 100 * (Y[1] - Y[0] ** 2) ** 2 + (1 - Y[0]) ** 2
+
+    p0 = {"x_half_a": jnp.array([-1.2, 1.0]), "x_half_b": jnp.array([0.5, -0.5])}
+    res = js.minimize(rosen_obj, p0, args=(-1.0,), method="l-bfgs-b")
+    assert bool(res.success)
+    chex.assert_trees_all_close(res.x, {"x_half_a": jnp.zeros(2), "x_half_b": jnp.zeros(2)}, atol=1e-4)
+
+
+def test_pytrees_of_mixed_shapes_and_dtypes():
+    class Params(tuple):
+        pass
+
+    target = {"a": {"m": jnp.arange(6.0).reshape(2, 3)}, "t": (jnp.array(2.0), jnp.ones(4, jnp.float32))}
+    x0 = jax.tree.map(jnp.zeros_like, target)
+    fun = lambda p: sum(jnp.sum((u - v) ** 2) for u, v in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
+    res = js.minimize(fun, x0)
+    assert jax.tree.structure(res.x) == jax.tree.structure(x0)
+    assert res.x["t"][1].dtype == jnp.float32 and res.x["t"][0].dtype == jnp.float64
+    chex.assert_trees_all_close(res.x, target, atol=1e-6)
+    chex.assert_trees_all_close(res.jac, jax.tree.map(jnp.zeros_like, target), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_float32(method):
+    x0 = jnp.array([-1.2, 1.0], jnp.float32)
+    res = js.minimize(rosen, x0, method=method)
+    assert res.x.dtype == jnp.float32 and res.fun.dtype == jnp.float32
+    assert bool(res.success)
+    np.testing.assert_allclose(res.x, [1.0, 1.0], atol=2e-3)
+
+
+@pytest.mark.parametrize("jac_kind", ["true", "callable"])
+def test_user_supplied_gradient(jac_kind):
+    grad = jax.grad(rosen)
+    x0 = jnp.array([-1.2, 1.0])
+    if jac_kind == "true":
+        res = js.minimize(lambda x: (rosen(x), grad(x)), x0, jac=True)
+    else:
+        res = js.minimize(rosen, x0, jac=grad)
+    ref = js.minimize(rosen, x0)
+    np.testing.assert_allclose(res.x, ref.x)
+    assert int(res.nfev) == int(ref.nfev)
+
+
+def test_bounds_as_pytrees_with_none_and_scalars():
+    x0 = {"a": jnp.zeros(3), "b": jnp.zeros(2)}
+    fun = lambda p: jnp.sum((p["a"] - 2.0) ** 2) + jnp.sum((p["b"] + 2.0) ** 2)
+    res = js.minimize(fun, x0, bounds=({"a": None, "b": jnp.array([-1.0, -3.0])}, 1.0))
+    chex.assert_trees_all_close(res.x, {"a": jnp.ones(3), "b": jnp.array([-1.0, -2.0])}, atol=1e-6)
+
+
+def test_x0_outside_the_box_is_projected():
+    res = js.minimize(lambda x: jnp.sum(x**2), jnp.array([5.0, -5.0]), bounds=(1.0, 2.0), options={"maxiter": 0})
+    np.testing.assert_allclose(res.x, [2.0, 1.0])
+
+
+# --- composing with JAX transformations --------------------------------------------------------
+
+
+def test_jit_and_no_recompile():
+    traces = []
+
+    def fun(x, a):
+        traces.append(None)
+        return jnp.sum((x - a) ** 2) + jnp.sum(x**4)
+
+    js.minimize(fun, jnp.zeros(3), args=(1.0,))
+    first = len(traces)
+    for a in (2.0, 3.0):
+        res = js.minimize(fun, jnp.zeros(3), args=(a,), options={"gtol": 1e-8, "maxiter": 100})
+    assert len(traces) == first  # new values of args and numeric options reuse the compiled solve
+    solved = jax.jit(lambda a: js.minimize(fun, jnp.zeros(3), args=(a,)).x)(3.0)
+    np.testing.assert_allclose(solved, res.x, atol=1e-5)
+
+
+def test_vmap_over_starts_and_args_stops_each_on_its_own():
+    fun = lambda x, a: jnp.sum((x - a) ** 2) + jnp.sum(x**4)
+    starts = jax.random.normal(jax.random.PRNGKey(0), (6, 3)) * jnp.arange(1, 7)[:, None]
+    shifts = jnp.linspace(-1, 1, 6)
+    batched = jax.vmap(lambda x0, a: js.minimize(fun, x0, args=(a,)))(starts, shifts)
+    for i in range(6):
+        single = js.minimize(fun, starts[i], args=(shifts[i],))
+        np.testing.assert_allclose(batched.x[i], single.x, rtol=1e-12)
+        assert int(batched.nit[i]) == int(single.nit) and int(batched.nfev[i]) == int(single.nfev)
+    assert len(set(np.asarray(batched.nit).tolist())) > 1  # they really stopped at different times
+    assert list(batched.message) == ["CONVERGENCE: NORM OF PROJECTED GRADIENT <= GTOL"] * 6
+
+
+def test_disp_prints_progress(capfd):
+    js.minimize(rosen, jnp.array([-1.2, 1.0]), options={"disp": True, "maxiter": 3})
+    out = capfd.readouterr().out
+    assert "iter     0" in out and "iter     3" in out and "MAXITER" in out
+
+
+# --- statuses: never a false success, never a hang ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fun, x0, options, status",
+    [
+        (lambda x: jnp.sum(jnp.log(x)), [-1.0, 2.0], {}, js.Status.NONFINITE),
+        (lambda x: -jnp.sum(x), [0.0, 1.0], {}, js.Status.UNBOUNDED),
+        (lambda x: jnp.where(x[0] > 3, -jnp.inf, -x[0]), [0.0], {}, js.Status.UNBOUNDED),
+        (rosen, [-1.2, 1.0], {"maxiter": 5}, js.Status.MAXITER),
+        (rosen, [-1.2, 1.0], {"maxfun": 6}, js.Status.MAXFUN),
+        (rosen, [-1.2, 1.0], {"maxiter": 0}, js.Status.MAXITER),
+        (rosen, [-1.2, 1.0], {"maxfun": 0}, js.Status.MAXFUN),
+        (rosen, [-1.2, 1.0], {"maxfun": 1}, js.Status.MAXFUN),
+    ],
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_failures_have_their_own_status(fun, x0, options, status, method):
+    res = js.minimize(fun, jnp.asarray(x0), method=method, options=options)
+    assert int(res.status) == status and not bool(res.success)
+    assert res.message == js.convergence.MESSAGES[status]
+    if "maxfun" in options:
+        assert int(res.nfev) <= max(options["maxfun"], 1)
+    if "maxiter" in options:
+        assert int(res.nit) <= options["maxiter"]
+
+
+def test_nan_mid_solve_is_recovered_by_backtracking():
+    # The first trial step leaves the domain of log; the search backtracks into it.
+    res = js.minimize(lambda x: jnp.sum(x - 2 * jnp.log(x)), jnp.array([0.1, 5.0]))
+    assert bool(res.success)
+    np.testing.assert_allclose(res.x, [2.0, 2.0], atol=1e-4)
+
+
+def test_line_search_failure_is_reported():
+    # Beyond x = 1 the function jumps up and its gradient lies: no step satisfies the Wolfe conditions.
+    fun = lambda x: jnp.where(x[0] < 1.0, -x[0], 10.0 - 5 * x[0])
+    res = js.minimize(fun, jnp.array([0.0]), options={"maxls": 5})
+    assert not bool(res.success)
+    assert int(res.status) in (js.Status.LINESEARCH_FAILED, js.Status.FTOL) or float(res.fun) > -1.0 - 1e-12
+
+
+# --- bad input: clear errors at call time ------------------------------------------------------
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown method 'sgd'.*l-bfgs-b"):
+        js.minimize(rosen, jnp.zeros(2), method="sgd")
+
+
+def test_method_is_case_insensitive_and_has_aliases():
+    a = js.minimize(rosen, jnp.array([-1.2, 1.0]), method="LBFGS")
+    b = js.minimize(rosen, jnp.array([-1.2, 1.0]), method="L-BFGS")
+    np.testing.assert_array_equal(a.x, b.x)
+
+
+def test_unknown_option_lists_valid_keys():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['maxitr'\].*maxiter"):
+        js.minimize(rosen, jnp.zeros(2), options={"maxitr": 3})
+
+
+@pytest.mark.parametrize("options", [{"maxcor": 0}, {"maxls": 0}, {"maxiter": -1}, {"gtol": -1.0}])
+def test_invalid_option_values(options):
+    with pytest.raises(ValueError, match=list(options)[0]):
+        js.minimize(rosen, jnp.zeros(2), options=options)
+
+
+def test_non_scalar_fun_output():
+    with pytest.raises(ValueError, match="scalar floating value"):
+        js.minimize(lambda x: x**2, jnp.zeros(2))
+
+
+def test_integer_output_rejected():
+    with pytest.raises(ValueError, match="scalar floating value"):
+        js.minimize(lambda x: jnp.sum(x).astype(jnp.int32), jnp.zeros(2), jac=lambda x: x)
+
+
+def test_integer_leaf_in_x0_names_path():
+    with pytest.raises(TypeError, match=r"\['b'\].*int"):
+        js.minimize(lambda p: jnp.sum(p["a"] ** 2), {"a": jnp.zeros(2), "b": jnp.arange(3)})
+
+
+def test_non_array_leaf_in_x0_names_path():
+    with pytest.raises(TypeError, match=r"\['b'\].*str"):
+        js.minimize(lambda p: jnp.sum(p["a"] ** 2), {"a": jnp.zeros(2), "b": "hello"})
+
+
+def test_bounds_structure_mismatch_names_structure():
+    with pytest.raises(ValueError, match="structure of x0"):
+        js.minimize(lambda p: jnp.sum(p["a"] ** 2), {"a": jnp.zeros(2)}, bounds=({"b": jnp.zeros(2)}, None))
+
+
+def test_bounds_shape_mismatch_names_path():
+    with pytest.raises(ValueError, match=r"upper at path \['a'\]"):
+        js.minimize(lambda p: jnp.sum(p["a"] ** 2), {"a": jnp.zeros(2)}, bounds=(None, {"a": jnp.zeros(3)}))
+
+
+def test_lower_above_upper_names_path_and_index():
+    with pytest.raises(ValueError, match=r"lower > upper at path \['a'\], index \(1,\)"):
+        js.minimize(lambda p: jnp.sum(p["a"] ** 2), {"a": jnp.zeros(2)}, bounds=({"a": jnp.array([0.0, 2.0])}, 1.0))
+
+
+def test_bounds_with_unbounded_method():
+    with pytest.raises(ValueError, match="cannot honour bounds"):
+        js.minimize(rosen, jnp.zeros(2), method="l-bfgs", bounds=(0.0, 1.0))
+
+
+def test_jac_true_with_mismatched_gradient_structure():
+    with pytest.raises(ValueError, match="structure of x0"):
+        js.minimize(lambda p: (jnp.sum(p["a"] ** 2), {"b": p["a"]}), {"a": jnp.zeros(2)}, jac=True)
+    with pytest.raises(ValueError, match=r"shape \(3,\) at path \['a'\]"):
+        js.minimize(lambda p: (jnp.sum(p["a"] ** 2), {"a": jnp.zeros(3)}), {"a": jnp.zeros(2)}, jac=True)
