@@ -109,7 +109,9 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
         first = state.nit == 0
         limit = jnp.where(constrained & first, jnp.minimum(limit, 1.0), limit).astype(dtype)
         stp = jnp.where(first & ~boxed, 1.0 / jnp.linalg.norm(d), 1.0)
-        search = ls_lib.line_search_init(state.f, state.g @ d, stp, limit)
+        # Below this step x + stp d rounds to x: the search stops there instead of shrinking forever.
+        stpmin = jnp.finfo(dtype).eps * jnp.max(jnp.abs(state.x)) / jnp.max(jnp.abs(d))
+        search = ls_lib.line_search_init(state.f, state.g @ d, stp, limit, jnp.minimum(stpmin, limit))
         # An uphill direction: retry next trip without memory, or give up if there was none.
         uphill = search.task == ls_lib.ERROR
         empty = method.memory_is_empty(memory)
