@@ -205,7 +205,7 @@ def _hessian_system(predict_fn, loss_fn, params, z, damping, grads, with_coeffic
 # --------------------------------------------------------------------------------------------
 
 
-def solve_rho_beta(a11, a12, a22, b1, b2):
+def solve_rho_beta(a11, a12, a22, b1, b2, *, rtol=None):
     """Momentum rho and step size beta minimising the damped quadratic model on span{z, delta_z}.
 
     With the step z_new = rho z - beta delta_z, the model change
@@ -213,13 +213,17 @@ def solve_rho_beta(a11, a12, a22, b1, b2):
 
         [beta, -rho] = A^+ [b1, b2],   A = [[a11, a12], [a12, a22]],
 
-    where A^+ is the Moore-Penrose pseudo-inverse, as in the authors' PyTorch code. A is
-    singular whenever z is zero or parallel to delta_z (always on the first step), where the
-    pseudo-inverse gives the exact line minimiser along delta_z and rho = 0.
+    with A^+ a pseudo-inverse, as in the authors' code. A is singular whenever z is zero or
+    parallel to delta_z (always on the first step); the pseudo-inverse then gives the exact line
+    minimiser along delta_z and rho = 0.
 
-    The symmetric 2x2 pseudo-inverse is written in closed form instead of calling
-    `jnp.linalg.pinv`: an SVD per step costs a solver launch on accelerators for a 2x2 matrix.
-    Singular values below `10 * 2 * eps * largest` are dropped, as `jnp.linalg.pinv` does.
+    Deviation, for float32: the pseudo-inverse is taken of the Jacobi-scaled matrix
+    D^-1 A D^-1 (D = sqrt|diag A|), so that rank is judged by the angle between z and delta_z
+    in the (H + lambda I) metric, which does not depend on their lengths. An unscaled
+    `jnp.linalg.pinv` judges rank relative to the largest entry; with a11 >> a22 (common:
+    ill-conditioned curvature) it drops the small but well-determined direction and CurveBall
+    degenerates to damped gradient descent in float32. The pseudo-inverse is written in closed
+    form because an SVD per step of a 2x2 matrix costs a solver launch on accelerators.
 
     Args:
       a11: delta_z^T (H + lambda I) delta_z.
@@ -227,6 +231,8 @@ def solve_rho_beta(a11, a12, a22, b1, b2):
       a22: z^T (H + lambda I) z.
       b1: grad f^T delta_z.
       b2: grad f^T z.
+      rtol: the scaled system counts as singular when |det| <= rtol (i.e. z and delta_z are
+        parallel to within sqrt(rtol) radians); default 4 * eps of the dtype.
 
     Returns:
       `(rho, beta)` as scalars.
@@ -234,29 +240,36 @@ def solve_rho_beta(a11, a12, a22, b1, b2):
     Example:
       >>> rho, beta = solve_rho_beta(2.0, 0.0, 0.0, 4.0, 0.0)   # first step: beta = b1 / a11
     """
-    a11, a12, a22, b1, b2 = jnp.broadcast_arrays(
-        *jnp.asarray([a11, a12, a22, b1, b2], dtype=jnp.result_type(a11, a12, a22, b1, b2, 1.0))
-    )
-    eps = jnp.finfo(a11.dtype).eps
-    trace = a11 + a22
-    det = a11 * a22 - a12 * a12
-    largest = jnp.abs(trace) / 2 + jnp.sqrt(((a11 - a22) / 2) ** 2 + a12**2)
-    full_rank = jnp.abs(det) > 20 * eps * largest**2
+    dtype = jnp.result_type(a11, a12, a22, b1, b2, 1.0)
+    a11, a12, a22, b1, b2 = (jnp.asarray(x, dtype) for x in (a11, a12, a22, b1, b2))
+    if rtol is None:
+        rtol = 4 * jnp.finfo(dtype).eps
+    d1 = jnp.sqrt(jnp.abs(a11))
+    d2 = jnp.sqrt(jnp.abs(a22))
+    d1 = jnp.where(d1 > 0, d1, 1)
+    d2 = jnp.where(d2 > 0, d2, 1)
+    # Scaled system: diagonal entries in {-1, 0, 1}, off-diagonal c.
+    s11, s22, c = a11 / d1**2, a22 / d2**2, a12 / (d1 * d2)
+    c1, c2 = b1 / d1, b2 / d2
+    trace = s11 + s22
+    det = s11 * s22 - c * c
+    largest = jnp.abs(trace) / 2 + jnp.sqrt(((s11 - s22) / 2) ** 2 + c**2)
+    full_rank = jnp.abs(det) > rtol * largest**2
     rank_one = ~full_rank & (largest > 0)
-    # Full rank: Cramer's rule. Rank one: A = s v v^T, so A^+ = A / s^2 with s = trace(A).
+    # Full rank: Cramer's rule. Rank one: S = s v v^T, so S^+ = S / s^2 with s = trace(S).
     det_safe = jnp.where(full_rank, det, 1)
     trace2_safe = jnp.where(rank_one, trace**2, 1)
-    beta = jnp.where(
+    u1 = jnp.where(
         full_rank,
-        (a22 * b1 - a12 * b2) / det_safe,
-        jnp.where(rank_one, (a11 * b1 + a12 * b2) / trace2_safe, 0),
+        (s22 * c1 - c * c2) / det_safe,
+        jnp.where(rank_one, (s11 * c1 + c * c2) / trace2_safe, 0),
     )
-    minus_rho = jnp.where(
+    u2 = jnp.where(
         full_rank,
-        (a11 * b2 - a12 * b1) / det_safe,
-        jnp.where(rank_one, (a12 * b1 + a22 * b2) / trace2_safe, 0),
+        (s11 * c2 - c * c1) / det_safe,
+        jnp.where(rank_one, (c * c1 + s22 * c2) / trace2_safe, 0),
     )
-    return -minus_rho, beta
+    return -u2 / d2, u1 / d1
 
 
 def quadratic_model_change(a11, a12, a22, b1, b2, rho, beta):

@@ -181,13 +181,30 @@ def test_solve_rho_beta_singular_first_step_is_the_line_minimiser():
 
 
 def test_solve_rho_beta_parallel_directions_and_zero_system():
-    # z parallel to delta_z: a rank-one system; the minimum-norm solution matches pinv.
-    a = np.array([[4.0, 2.0], [2.0, 1.0]])
-    b = np.array([2.0, 1.0])
-    rho, beta = cb.solve_rho_beta(4.0, 2.0, 1.0, 2.0, 1.0)
-    np.testing.assert_allclose([beta, -rho], np.linalg.pinv(a) @ b, rtol=1e-12)
+    # z parallel to delta_z: a rank-one system; the step reaches the line minimum.
+    rng = np.random.default_rng(6)
+    m = rng.normal(size=(4, 4))
+    h, dz, g, lam = m @ m.T, rng.normal(size=4), rng.normal(size=4), 0.5
+    z = -3.0 * dz
+    coeffs = _coefficients(h, z, dz, g, lam)
+    rho, beta = cb.solve_rho_beta(*coeffs)
+    hl = h + lam * np.eye(4)
+    line_best = -0.5 * (g @ dz) ** 2 / (dz @ hl @ dz)
+    step = float(rho) * z - float(beta) * dz
+    np.testing.assert_allclose(g @ step + 0.5 * step @ hl @ step, line_best, rtol=1e-10)
     rho, beta = cb.solve_rho_beta(0.0, 0.0, 0.0, 0.0, 0.0)
     assert float(rho) == 0.0 and float(beta) == 0.0
+
+
+def test_solve_rho_beta_keeps_a_well_determined_small_direction_in_float32():
+    # a11 >> a22 with z, delta_z far from parallel: an unscaled pseudo-inverse in float32 would
+    # drop the z direction (rho = 0); the scaled solve recovers the float64 answer.
+    coeffs = (3.0e7, 1.0e3, 0.05, 10.0, -0.3)
+    rho64, beta64 = cb.solve_rho_beta(*coeffs)
+    rho32, beta32 = cb.solve_rho_beta(*(np.float32(c) for c in coeffs))
+    assert rho32.dtype == jnp.float32
+    np.testing.assert_allclose([rho32, beta32], [rho64, beta64], rtol=1e-4)
+    assert abs(float(rho32)) > 1.0
 
 
 def test_adapt_damping_rule():
