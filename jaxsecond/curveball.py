@@ -372,7 +372,9 @@ def _check_number(name, value, *, low=None, high=None, low_open=False, optional=
 
 
 def _scalar_dtype(params):
-    leaves = [x for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+    leaves = [
+        x for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+    ]
     if not leaves:
         raise TypeError("curveball: `params` must contain at least one floating-point array.")
     return jnp.promote_types(jnp.result_type(*leaves), jnp.float32)
@@ -399,6 +401,43 @@ def _step_sizes(system, learning_rate, momentum, dtype):
         rho = jnp.where(a22 != 0, (system.a12 * beta - system.b2) / jnp.where(a22 != 0, a22, 1), 0)
         return rho.astype(dtype), beta
     return jnp.asarray(momentum, dtype), beta
+
+
+class _DampingUpdate(NamedTuple):
+    damping: jax.Array
+    ratio: jax.Array
+    trial_finite: jax.Array  # the loss after the step was finite (or not evaluated)
+    trial_failed: jax.Array  # f(w) was finite but the loss after the step was not
+
+
+def _trust_region_update(state, system, rho, beta, trial_loss, *, factor, low, high, interval):
+    """The paper's lambda rule, run when `state.count % interval == 0`.
+
+    The loss after the step is evaluated on the same batch (one forward pass, inside `lax.cond`
+    so that the other steps do not pay for it); a non-finite value counts as ratio -inf.
+    """
+    dtype = state.damping.dtype
+    adapt_now = state.count % interval == 0
+    new_loss = jax.lax.cond(
+        adapt_now,
+        lambda: jnp.asarray(trial_loss(), dtype),
+        lambda: jnp.asarray(system.loss, dtype),
+    )
+    predicted = quadratic_model_change(
+        system.a11, system.a12, system.a22, system.b1, system.b2, rho, beta
+    )
+    ratio = trust_ratio(new_loss - system.loss, predicted).astype(dtype)
+    finite = jnp.isfinite(new_loss)
+    adapted = adapt_damping(
+        state.damping, jnp.where(finite, ratio, -jnp.inf),
+        factor=factor, low=low, high=high, interval=interval,
+    ).astype(dtype)
+    return _DampingUpdate(
+        damping=jnp.where(adapt_now, adapted, state.damping),
+        ratio=jnp.where(adapt_now & finite, ratio, state.ratio),
+        trial_finite=finite,
+        trial_failed=adapt_now & jnp.isfinite(system.loss) & ~finite,
+    )
 
 
 def curveball(
@@ -539,50 +578,32 @@ def curveball(
         new_z = optax.tree.cast_like(new_z, z)
 
         if adaptive_damping:
-            adapt_now = state.count % damping_interval == 0
-            new_loss = jax.lax.cond(
-                adapt_now,
-                lambda: jnp.asarray(loss_fn(predict_fn(optax.apply_updates(params, new_z))), dtype),
-                lambda: jnp.asarray(system.loss, dtype),
-            )
-            predicted = quadratic_model_change(
-                system.a11, system.a12, system.a22, system.b1, system.b2, rho, beta
-            )
-            ratio = trust_ratio(new_loss - system.loss, predicted).astype(dtype)
-            new_loss_finite = jnp.isfinite(new_loss)
-            adapted = adapt_damping(
-                lam,
-                jnp.where(new_loss_finite, ratio, -jnp.inf),
-                factor=damping_factor,
-                low=damping_low,
-                high=damping_high,
+            adapted = _trust_region_update(
+                state, system, rho, beta,
+                lambda: loss_fn(predict_fn(optax.apply_updates(params, new_z))),
+                factor=damping_factor, low=damping_low, high=damping_high,
                 interval=damping_interval,
-            ).astype(dtype)
-            new_damping = jnp.where(adapt_now, adapted, lam)
-            new_ratio = jnp.where(adapt_now & new_loss_finite, ratio, state.ratio)
-            trial_failed = adapt_now & jnp.isfinite(system.loss) & ~new_loss_finite
+            )
         else:
-            trial_failed = jnp.array(False)
-            new_loss_finite = jnp.array(True)
-            new_damping, new_ratio = lam, state.ratio
+            adapted = _DampingUpdate(lam, state.ratio, jnp.array(True), jnp.array(False))
 
         finite = (
             jnp.isfinite(system.loss)
             & jnp.isfinite(rho)
             & jnp.isfinite(beta)
             & _tree_all_finite(new_z)
-            & new_loss_finite
+            & adapted.trial_finite
         )
         zeros = optax.tree.zeros_like(z)
         new_z = optax.tree.where(finite, new_z, zeros)
         new_state = CurveBallState(
             z=new_z,
             # A failed trial point (non-finite loss after the step) still grows lambda.
-            damping=jnp.where(finite | trial_failed, new_damping, lam),
+            damping=jnp.where(finite | adapted.trial_failed, adapted.damping, lam),
             count=jnp.where(finite, optax.safe_int32_increment(state.count), state.count),
             rho=jnp.where(finite, rho, state.rho).astype(dtype),
             beta=jnp.where(finite, beta, state.beta).astype(dtype),
-            ratio=new_ratio,
+            ratio=adapted.ratio,
             total_notfinite=state.total_notfinite + jnp.where(finite, 0, 1).astype(jnp.int32),
         )
         return new_z, new_state
