@@ -485,10 +485,12 @@ def curveball(
     step also grows lambda as a failed trust-region step would. Parameters therefore never
     receive a non-finite update and the state stays finite.
 
-    Deviations from the authors' PyTorch code: the 2x2 pseudo-inverse is solved in closed form
-    (same result); the predicted change used by the lambda rule is that of the step actually
-    taken (identical when rho and beta are automatic, and meaningful when they are fixed); the
-    non-finite handling above is an addition.
+    Deviations from the authors' PyTorch code: the 2x2 pseudo-inverse is that of the
+    Jacobi-scaled system (see `solve_rho_beta`; without it float32 runs on ill-conditioned
+    problems lose the momentum direction); the predicted change used by the lambda rule is that
+    of the step actually taken (identical when rho and beta are automatic, and meaningful when
+    they are fixed); the gradient term may come from `grads`; the non-finite handling above is
+    an addition.
 
     Args:
       learning_rate: fixed beta (the step size of the Newton-system iteration). `None`

@@ -266,6 +266,20 @@ def test_converges_to_the_minimiser_of_a_convex_quadratic(curvature):
     assert int(state.total_notfinite) == 0
 
 
+@pytest.mark.parametrize(
+    "learning_rate, momentum, atol", [(None, 0.5, 1e-5), (0.05, None, 1e-5), (0.01, 0.9, 1e-4)]
+)
+def test_fixed_rho_or_beta(learning_rate, momentum, atol):
+    fun, w_star = _quadratic()
+    opt = js.curveball(learning_rate=learning_rate, momentum=momentum, damping=1.0)
+    params, state = _run(opt, jnp.zeros(6), lambda w: w, fun, steps=150)
+    if momentum is not None:
+        assert float(state.rho) == momentum
+    if learning_rate is not None:
+        assert float(state.beta) == learning_rate
+    np.testing.assert_allclose(params, w_star, atol=atol)
+
+
 def test_least_squares_through_a_model_converges():
     # Gauss-Newton curvature of a linear model with squared error is the exact Hessian.
     rng = np.random.default_rng(5)
