@@ -369,6 +369,18 @@ def test_jit_compiles_once():
     assert int(state.count) == 7
 
 
+def test_inject_hyperparams_schedules_a_fixed_step_size():
+    fun, _ = _quadratic()
+    opt = optax.inject_hyperparams(js.curveball, static_args=("damping_interval",))(
+        learning_rate=optax.linear_schedule(0.05, 0.01, 10), momentum=0.5
+    )
+    params, state = _run(opt, jnp.zeros(6), lambda w: w, fun, steps=3)
+    # the third step (schedule count 2) used beta = 0.05 - 2 * 0.004
+    np.testing.assert_allclose(state.hyperparams["learning_rate"], 0.042, rtol=1e-6)
+    np.testing.assert_allclose(state.inner_state.beta, 0.042, rtol=1e-6)
+    assert np.all(np.isfinite(params))
+
+
 def test_state_holds_one_parameter_sized_buffer():
     params, _, _ = _mlp_problem()
     state = js.curveball().init(params)
