@@ -424,11 +424,11 @@ def main():
     total = time.perf_counter() - t_start
 
     md = [
-        "# CurveBall benchmark",
-        "",
         "Command: `python bench/curveball.py`",
         "",
         f"Machine: {_machine()}. Total run time {total:.0f} s.",
+        "",
+        "# CurveBall benchmark",
         "",
         "## 1. Small problems of the paper's Table 1",
         "",
