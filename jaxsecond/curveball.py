@@ -611,3 +611,70 @@ def curveball(
         return new_z, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class _SolveState(NamedTuple):
+    x: jax.Array
+    f: jax.Array
+    g: jax.Array
+    opt_state: CurveBallState
+    nit: jax.Array
+    nfev: jax.Array
+    status: jax.Array
+
+
+def run_curveball(value_and_grad, fun, x0, options, *, damping_interval=5):
+    """CurveBall as a deterministic solver for ``minimize(method="curveball")`` (flat vectors).
+
+    On a deterministic objective the model is the identity and the loss is ``fun`` itself, so the
+    Gauss–Newton matrix is the exact Hessian of ``fun``. Each iteration evaluates the value and
+    gradient once (for the convergence tests, which are ``minimize``'s), then takes one CurveBall
+    step. CurveBall does not decrease ``f`` monotonically, so the relative-reduction (``ftol``) test
+    is not used: the solve stops on ``gtol``, the budgets, or a non-finite value.
+
+    Args:
+      value_and_grad: ``x -> (f, g)``.
+      fun: ``x -> f`` (for the curvature products and the damping rule's trial values).
+      x0: the starting point.
+      options: a dict with ``gtol``, ``maxiter``, ``maxfun`` and CurveBall's ``damping``,
+        ``learning_rate`` and ``momentum`` (``None`` for automatic).
+      damping_interval: steps between two adaptations of the damping (static).
+
+    Returns:
+      ``(x, f, g, nit, nfev, status)``. ``nfev`` counts every evaluation of ``fun``: the
+      value-and-gradient, the forward pass of each curvature product and the damping rule's trials.
+    """
+    from jaxsecond.convergence import Status, status_at_iterate
+
+    opt = curveball(
+        options["learning_rate"], options["momentum"], damping=options["damping"],
+        damping_interval=damping_interval,
+    )
+    no_bounds = jnp.full_like(x0, jnp.inf)
+    never = jnp.asarray(-jnp.inf, x0.dtype)  # an ftol no reduction can meet
+
+    def check(state, first):
+        status, _ = status_at_iterate(
+            state.x, state.f, state.g, state.f, -no_bounds, no_bounds, state.nit, state.nfev,
+            options["gtol"], never, options["maxiter"], options["maxfun"], first,
+        )
+        return state._replace(status=status)
+
+    def body(state):
+        trial = state.opt_state.count % damping_interval == 0
+        updates, opt_state = opt.update(
+            state.g, state.opt_state, state.x, predict_fn=lambda x: x, loss_fn=fun
+        )
+        x = state.x + updates
+        f, g = value_and_grad(x)
+        nfev = state.nfev + 2 + trial.astype(jnp.int32)
+        new = _SolveState(x, jnp.asarray(f, x0.dtype), g, opt_state, state.nit + 1, nfev, state.status)
+        return check(new, False)
+
+    f0, g0 = value_and_grad(x0)
+    init = _SolveState(
+        x0, jnp.asarray(f0, x0.dtype), g0, opt.init(x0), jnp.zeros((), jnp.int32),
+        jnp.ones((), jnp.int32), jnp.int32(Status.RUNNING),
+    )
+    final = jax.lax.while_loop(lambda s: s.status == Status.RUNNING, body, check(init, True))
+    return final.x, final.f, final.g, final.nit, final.nfev, final.status

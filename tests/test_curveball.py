@@ -517,3 +517,34 @@ def test_flax_model_if_installed():
     loss0 = loss_fn(predict_fn(params))
     params, state = _run(js.curveball(), params, predict_fn, loss_fn, steps=20)
     assert float(loss_fn(predict_fn(params))) < float(loss0)
+
+
+# --- minimize(method="curveball") ---------------------------------------------------------------
+
+
+def test_minimize_curveball_solves_a_quadratic_exactly():
+    a = jnp.array([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]])
+    b = jnp.array([1.0, -1.0, 2.0])
+    x0 = {"u": jnp.zeros(2), "v": jnp.zeros(())}
+    fun = lambda p: 0.5 * jnp.concatenate([p["u"], p["v"][None]]) @ a @ jnp.concatenate([p["u"], p["v"][None]]) - b @ jnp.concatenate([p["u"], p["v"][None]])
+    res = js.minimize(fun, x0, method="curveball", options={"gtol": 1e-10})
+    expected = jnp.linalg.solve(a, b)
+    assert bool(res.success) and int(res.status) == js.Status.GTOL
+    np.testing.assert_allclose(jnp.concatenate([res.x["u"], res.x["v"][None]]), expected, rtol=1e-8)
+    assert int(res.njev) == int(res.nit) + 1 and int(res.nfev) > int(res.njev)
+
+
+def test_minimize_curveball_rosenbrock_and_budget():
+    rosen = lambda x: 100.0 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2
+    res = js.minimize(rosen, jnp.array([-1.2, 1.0]), method="curveball")
+    assert bool(res.success)
+    np.testing.assert_allclose(res.x, [1.0, 1.0], atol=1e-4)
+    capped = js.minimize(rosen, jnp.array([-1.2, 1.0]), method="curveball", options={"maxiter": 5})
+    assert int(capped.status) == js.Status.MAXITER and not bool(capped.success) and int(capped.nit) == 5
+
+
+def test_minimize_curveball_rejects_bounds_and_unknown_options():
+    with pytest.raises(ValueError, match="cannot honour bounds"):
+        js.minimize(lambda x: jnp.sum(x**2), jnp.ones(2), method="curveball", bounds=(0.0, 1.0))
+    with pytest.raises(ValueError, match="valid options.*damping"):
+        js.minimize(lambda x: jnp.sum(x**2), jnp.ones(2), method="curveball", options={"maxcor": 3})
