@@ -31,16 +31,18 @@ class DescentMethod(NamedTuple):
     Attributes:
       init_memory: ``(x) -> memory`` curvature information at the start.
       direction: ``(memory, x, g, lower, upper) -> d`` a descent direction (inside the box from ``x``).
-      update_memory: ``(memory, s, y) -> memory`` after an accepted step with ``s.y > 0``.
-      reset_memory: ``(memory) -> memory`` forget curvature (after a failed line search).
+      update_memory: ``(memory, s, y, keep) -> memory`` stores the pair when ``keep`` (an accepted
+        step with ``s.y > 0``); called every trip, so it must be a masked, in-place O(n) update.
+      reset_memory: ``(memory, forget) -> memory`` forgets all curvature when ``forget`` (after a
+        failed line search); called every trip, masked like ``update_memory``.
       memory_is_empty: ``(memory) -> bool``.
       c1, c2, xtol: constants of the strong Wolfe search.
     """
 
     init_memory: Callable[[Array], Any]
     direction: Callable[..., Array]
-    update_memory: Callable[[Any, Array, Array], Any]
-    reset_memory: Callable[[Any], Any]
+    update_memory: Callable[[Any, Array, Array, Array], Any]
+    reset_memory: Callable[[Any, Array], Any]
     memory_is_empty: Callable[[Any], Array]
     c1: float = 1e-3
     c2: float = 0.9
@@ -101,90 +103,101 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
     constrained = jnp.any(jnp.isfinite(lower) | jnp.isfinite(upper))
     boxed = jnp.all(jnp.isfinite(lower) & jnp.isfinite(upper))
 
-    def new_direction(state: _State) -> _State:
-        memory = lax.cond(state.forget, method.reset_memory, lambda m: m, state.memory)
-        d = method.direction(memory, state.x, state.g, lower, upper)
-        limit = jnp.where(constrained, max_step_in_box(state.x, d, lower, upper, _BIG_STEP), _BIG_STEP)
+    def direction_and_search(memory, x, f, g, nit):
+        d = method.direction(memory, x, g, lower, upper)
+        limit = jnp.where(constrained, max_step_in_box(x, d, lower, upper, _BIG_STEP), _BIG_STEP)
         # L-BFGS-B's first step: at most 1 in a box, 1/|d| when some variable is unbounded.
-        first = state.nit == 0
+        first = nit == 0
         limit = jnp.where(constrained & first, jnp.minimum(limit, 1.0), limit).astype(dtype)
         stp = jnp.where(first & ~boxed, 1.0 / jnp.linalg.norm(d), 1.0)
         # Below this step x + stp d rounds to x: the search stops there instead of shrinking forever.
-        stpmin = jnp.finfo(dtype).eps * jnp.max(jnp.abs(state.x)) / jnp.max(jnp.abs(d))
-        search = ls_lib.line_search_init(state.f, state.g @ d, stp, limit, jnp.minimum(stpmin, limit))
+        stpmin = jnp.finfo(dtype).eps * jnp.max(jnp.abs(x)) / jnp.max(jnp.abs(d))
+        return d, ls_lib.line_search_init(f, g @ d, stp, limit, jnp.minimum(stpmin, limit))
+
+    def new_direction(state: _State) -> _State:
+        # The memory is only read inside the conditional (and reset by a masked, in-place update
+        # outside it): passing large buffers through a branch would make XLA copy them every trip.
+        memory = method.reset_memory(state.memory, state.need_direction & state.forget)
+        d, search = lax.cond(
+            state.need_direction,
+            direction_and_search,
+            lambda *_: (state.d, state.search),
+            memory, state.x, state.f, state.g, state.nit,
+        )
         # An uphill direction: retry next trip without memory, or give up if there was none.
-        uphill = search.task == ls_lib.ERROR
+        uphill = state.need_direction & (search.task == ls_lib.ERROR)
         empty = method.memory_is_empty(memory)
         status = jnp.where(uphill & empty, Status.LINESEARCH_FAILED, state.status).astype(jnp.int32)
         return state._replace(
             d=d, search=search, memory=memory, status=status, need_direction=uphill, forget=uphill
         )
 
-    def evaluate(state: _State):
-        x_trial = jnp.where(state.nfev == 0, state.x, project(state.x + state.search.stp * state.d, lower, upper))
-        f, g = value_and_grad(x_trial)
-        return x_trial, jnp.asarray(f, dtype), g
-
-    def new_iterate(state: _State, x_new, f_new, g_new, stp) -> _State:
-        first = state.nfev == 1
-        nit = jnp.where(first, 0, state.nit + 1)
-        s, y = x_new - state.x, g_new - state.g
-        # Keep the pair only if the curvature s.y is safely positive (L-BFGS-B's test).
-        keep = ~first & (s @ y > jnp.finfo(dtype).eps * (-(state.g @ state.d) * stp))
-        memory = lax.cond(keep, method.update_memory, lambda m, s, y: m, state.memory, s, y)
-        status, pg_norm = status_at_iterate(
-            x_new, f_new, g_new, jnp.where(first, f_new, state.f), lower, upper, nit, state.nfev,
-            options.gtol, options.ftol, options.maxiter, options.maxfun, first,
-        )
-        # A search that ended at the largest unconstrained step followed a descent ray for 1e10.
-        ray = (stp >= _BIG_STEP) & (status == Status.RUNNING)
-        status = jnp.where(ray, Status.UNBOUNDED, status)
-        if disp:
-            jax.debug.print(
-                "iter {:5d}  f = {: .10e}  |proj g| = {:.4e}  nfev = {}", nit, f_new, pg_norm, state.nfev
-            )
-        return state._replace(
-            x=x_new, f=f_new, g=g_new, memory=memory, nit=nit, status=status.astype(jnp.int32),
-            need_direction=jnp.ones((), bool), forget=jnp.zeros((), bool),
-        )
-
-    def failed_search(state: _State, search) -> _State:
-        """Forget the memory and search again (L-BFGS-B's restart), or give up if it was empty."""
-        empty = method.memory_is_empty(state.memory)
-        failure = jnp.where(search.nonfinite, Status.NONFINITE, Status.LINESEARCH_FAILED)
-        status = jnp.where(empty, failure, state.status).astype(jnp.int32)
-        return state._replace(search=search, status=status, need_direction=~empty, forget=~empty)
-
     def advance(state: _State) -> _State:
-        x_trial, f_trial, g_trial = evaluate(state)
-        state = state._replace(nfev=state.nfev + 1)
+        """Evaluates the trial point and moves the search, or takes the trial as the next iterate."""
+        active = ~state.need_direction & (state.status == Status.RUNNING)
+        initial = state.nfev == 0
+        x_trial = jnp.where(initial, state.x, project(state.x + state.search.stp * state.d, lower, upper))
+        f_trial, g_trial = value_and_grad(x_trial)
+        f_trial = jnp.asarray(f_trial, dtype)
+        nfev = state.nfev + active.astype(jnp.int32)
         search = ls_lib.line_search_step(
             state.search, f_trial, g_trial @ state.d, method.c1, method.c2, method.xtol
         )
-        initial = state.nfev == 1
-        accepted = initial | (search.task == ls_lib.CONVERGED) | (search.task == ls_lib.WARNING)
-        failed = (search.task == ls_lib.ERROR) | ((search.task == ls_lib.SEARCHING) & (search.nfev >= options.maxls))
-        out_of_budget = (search.task == ls_lib.SEARCHING) & (state.nfev >= options.maxfun)
-        unbounded = ~initial & (f_trial == -jnp.inf)
-        branch = jnp.where(
-            unbounded, 4, jnp.where(accepted, 1, jnp.where(failed, 2, jnp.where(out_of_budget, 3, 0)))
+        searching = search.task == ls_lib.SEARCHING
+        unbounded = active & ~initial & (f_trial == -jnp.inf)
+        accepted = active & ~unbounded & (initial | (search.task == ls_lib.CONVERGED) | (search.task == ls_lib.WARNING))
+        failed = active & ~unbounded & ~initial & (
+            (search.task == ls_lib.ERROR) | (searching & (search.nfev >= options.maxls))
         )
-        return lax.switch(
-            branch,
-            [
-                lambda: state._replace(search=search),
-                lambda: new_iterate(state, x_trial, f_trial, g_trial, jnp.where(initial, 0.0, search.stp)),
-                lambda: failed_search(state, search),
-                lambda: state._replace(search=search, status=jnp.int32(Status.MAXFUN)),
-                lambda: state._replace(
-                    x=x_trial, f=f_trial, g=g_trial, search=search, status=jnp.int32(Status.UNBOUNDED)
+        out_of_budget = active & ~unbounded & ~initial & ~failed & searching & (nfev >= options.maxfun)
+
+        # The trial as the next iterate (used where ``accepted``).
+        stp = jnp.where(initial, 0.0, search.stp)
+        nit = jnp.where(initial, 0, state.nit + accepted.astype(jnp.int32))
+        s, y = x_trial - state.x, g_trial - state.g
+        # Keep the pair only if the curvature s.y is safely positive (L-BFGS-B's test).
+        keep = accepted & ~initial & (s @ y > jnp.finfo(dtype).eps * (-(state.g @ state.d) * stp))
+        memory = method.update_memory(state.memory, s, y, keep)
+        iterate_status, pg_norm = status_at_iterate(
+            x_trial, f_trial, g_trial, jnp.where(initial, f_trial, state.f), lower, upper, nit, nfev,
+            options.gtol, options.ftol, options.maxiter, options.maxfun, initial,
+        )
+        # A search that ended at the largest unconstrained step followed a descent ray for 1e10.
+        ray = (stp >= _BIG_STEP) & (iterate_status == Status.RUNNING)
+        iterate_status = jnp.where(ray, Status.UNBOUNDED, iterate_status)
+        if disp:
+            lax.cond(
+                accepted,
+                lambda: jax.debug.print(
+                    "iter {:5d}  f = {: .10e}  |proj g| = {:.4e}  nfev = {}", nit, f_trial, pg_norm, nfev
                 ),
-            ],
+                lambda: None,
+            )
+
+        # A failed search: forget the memory and search again (L-BFGS-B's restart), or give up.
+        empty = method.memory_is_empty(state.memory)
+        failure = jnp.where(search.nonfinite, Status.NONFINITE, Status.LINESEARCH_FAILED)
+        status = jnp.where(accepted, iterate_status, state.status)
+        status = jnp.where(failed & empty, failure, status)
+        status = jnp.where(out_of_budget, Status.MAXFUN, status)
+        status = jnp.where(unbounded, Status.UNBOUNDED, status).astype(jnp.int32)
+        moved = accepted | unbounded
+        return _State(
+            x=jnp.where(moved, x_trial, state.x),
+            f=jnp.where(moved, f_trial, state.f),
+            g=jnp.where(moved, g_trial, state.g),
+            d=state.d,
+            search=_where_tree(active, search, state.search),
+            memory=memory,
+            nit=nit,
+            nfev=nfev,
+            status=status,
+            need_direction=accepted | (failed & ~empty) | state.need_direction,
+            forget=(failed & ~empty) | state.forget,
         )
 
     def body(state: _State) -> _State:
-        state = lax.cond(state.need_direction, new_direction, lambda s: s, state)
-        return lax.cond(state.need_direction | (state.status != Status.RUNNING), lambda s: s, advance, state)
+        return advance(new_direction(state))
 
     zero = jnp.zeros((), dtype)
     init = _State(
@@ -197,6 +210,10 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
     if disp:
         jax.debug.callback(_print_final, final.status, final.nit, final.nfev, final.f)
     return DescentResult(final.x, final.f, final.g, final.nit, final.nfev, final.status)
+
+
+def _where_tree(pred, a, b):
+    return jax.tree.map(lambda u, v: jnp.where(pred, u, v), a, b)
 
 
 def _print_final(status, nit, nfev, f):

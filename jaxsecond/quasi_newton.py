@@ -50,25 +50,39 @@ def init_memory(x, maxcor: int) -> LimitedMemory:
     )
 
 
-def reset_memory(memory: LimitedMemory) -> LimitedMemory:
-    """Forgets every pair (L-BFGS-B's restart after a failed line search)."""
-    return memory._replace(theta=jnp.ones_like(memory.theta), count=jnp.zeros_like(memory.count))
+def reset_memory(memory: LimitedMemory, forget=True) -> LimitedMemory:
+    """Forgets every pair when ``forget`` (L-BFGS-B's restart after a failed line search)."""
+    return memory._replace(
+        theta=jnp.where(forget, 1.0, memory.theta).astype(memory.theta.dtype),
+        count=jnp.where(forget, 0, memory.count).astype(memory.count.dtype),
+    )
 
 
-def push_pair(memory: LimitedMemory, s, y) -> LimitedMemory:
-    """Stores the pair ``(s, y)`` over the oldest one and updates the Gram matrices."""
+def push_pair(memory: LimitedMemory, s, y, keep=True, *, gram: bool = True) -> LimitedMemory:
+    """Stores the pair ``(s, y)`` over the oldest one when ``keep``, and updates the Gram matrices.
+
+    The write is a masked in-place row update (the row is rewritten with itself when ``keep`` is
+    false), so it costs O(n) inside the solver loop instead of a copy of the whole buffer. With
+    ``gram=False`` only the diagonal ``s_k.y_k`` is kept (all the two-loop recursion needs).
+    """
     m = memory.s.shape[0]
     k = memory.next
+    s = jnp.where(keep, s, memory.s[k])
+    y = jnp.where(keep, y, memory.y[k])
     S = memory.s.at[k].set(s)
     Y = memory.y.at[k].set(y)
-    Ss, Sy, Ys = S @ s, S @ y, Y @ s
-    Yy = Y @ y
-    sy = memory.sy.at[k, :].set(Ys).at[:, k].set(Sy)
-    ss = memory.ss.at[k, :].set(Ss).at[:, k].set(Ss)
-    yy = memory.yy.at[k, :].set(Yy).at[:, k].set(Yy)
+    if gram:
+        Ss, Sy, Ys, Yy = S @ s, S @ y, Y @ s, Y @ y
+        sy = memory.sy.at[k, :].set(Ys).at[:, k].set(Sy)
+        ss = memory.ss.at[k, :].set(Ss).at[:, k].set(Ss)
+        yy = memory.yy.at[k, :].set(Yy).at[:, k].set(Yy)
+    else:
+        sy, ss, yy = memory.sy.at[k, k].set(s @ y), memory.ss, memory.yy
     return LimitedMemory(
-        s=S, y=Y, sy=sy, ss=ss, yy=yy, theta=(y @ y) / (s @ y),
-        count=jnp.minimum(memory.count + 1, m), next=(k + 1) % m,
+        s=S, y=Y, sy=sy, ss=ss, yy=yy,
+        theta=jnp.where(keep, (y @ y) / (s @ y), memory.theta),
+        count=jnp.where(keep, jnp.minimum(memory.count + 1, m), memory.count),
+        next=jnp.where(keep, (k + 1) % m, k),
     )
 
 
@@ -180,7 +194,8 @@ def cauchy_point(memory: LimitedMemory, compact: _Compact, x, g, lower, upper):
     # All moving variables have breakpoints: the path ends at the last one.
     bounded_path = jnp.all(has_break | (d == 0))
     nbreak = jnp.sum(has_break)
-    order = jnp.argsort(t)
+    # Sorting is the one O(n log n) step: skip it when the path meets no bound (unconstrained).
+    order = lax.cond(nbreak > 0, jnp.argsort, lambda t: jnp.arange(t.shape[0]), t)
 
     mmat = compact.mmat
     p = _w_transpose_times(memory, compact, d)
@@ -296,7 +311,7 @@ def lbfgs(maxcor: int) -> DescentMethod:
     return DescentMethod(
         init_memory=functools.partial(init_memory, maxcor=maxcor),
         direction=lbfgs_direction,
-        update_memory=push_pair,
+        update_memory=functools.partial(push_pair, gram=False),
         reset_memory=reset_memory,
         memory_is_empty=_memory_is_empty,
     )
@@ -304,4 +319,4 @@ def lbfgs(maxcor: int) -> DescentMethod:
 
 def lbfgsb(maxcor: int) -> DescentMethod:
     """L-BFGS-B with ``maxcor`` correction pairs, for :func:`jaxsecond.descent.run_descent`."""
-    return lbfgs(maxcor)._replace(direction=lbfgsb_direction)
+    return lbfgs(maxcor)._replace(direction=lbfgsb_direction, update_memory=push_pair)
