@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+from threadpoolctl import threadpool_limits
 
 from jaxsecond import problems
 
@@ -49,8 +50,10 @@ def scipy_lbfgsb(problem, x0=None, **options):
     return float(f), np.asarray(g)
 
   bounds = None if problem.lower is None else scipy.optimize.Bounds(problem.lower, problem.upper)
-  return scipy.optimize.minimize(fg, problem.x0 if x0 is None else x0, jac=True,
-                                 method="L-BFGS-B", bounds=bounds, options=options)
+  # scipy's L-BFGS-B calls LAPACK on tiny matrices; OpenBLAS threads only add synchronisation.
+  with threadpool_limits(1, user_api="blas"):
+    return scipy.optimize.minimize(fg, problem.x0 if x0 is None else x0, jac=True,
+                                   method="L-BFGS-B", bounds=bounds, options=options)
 
 
 def projected_gradient(problem, x, g):
@@ -165,8 +168,9 @@ def test_logistic_regression_matches_sklearn():
   assert p.n == features.shape[1] + 1
   vg = jax.jit(jax.value_and_grad(p.fun))
   np.testing.assert_allclose(float(vg(p.x0)[0]), np.log(2.0), rtol=1e-14)
-  res = scipy.optimize.minimize(lambda x: tuple(np.asarray(v) for v in vg(x)), p.x0, jac=True,
-                                method="L-BFGS-B", options={"gtol": 1e-10, "ftol": 0.0})
+  with threadpool_limits(1, user_api="blas"):
+    res = scipy.optimize.minimize(lambda x: tuple(np.asarray(v) for v in vg(x)), p.x0, jac=True,
+                                  method="L-BFGS-B", options={"gtol": 1e-10, "ftol": 0.0})
   # sklearn minimises C sum(loss) + |w|^2 / 2, i.e. our objective times C m with C = 1/(l2 m).
   model = LogisticRegression(C=1.0 / (l2 * len(labels)), tol=1e-12, max_iter=10000)
   model.fit(features, labels)
@@ -183,9 +187,10 @@ def test_nonnegative_least_squares_matches_scipy_nnls():
   x_ref, rnorm = scipy.optimize.nnls(matrix, rhs)
   assert 0 < np.sum(x_ref == 0) < p.n  # some bounds active, some not
   vg = jax.jit(jax.value_and_grad(p.fun))
-  res = scipy.optimize.minimize(lambda x: tuple(np.asarray(v) for v in vg(x)), p.x0, jac=True,
-                                method="L-BFGS-B", bounds=list(zip(p.lower, p.upper)),
-                                options={"gtol": 1e-12, "ftol": 0.0})
+  with threadpool_limits(1, user_api="blas"):
+    res = scipy.optimize.minimize(lambda x: tuple(np.asarray(v) for v in vg(x)), p.x0, jac=True,
+                                  method="L-BFGS-B", bounds=list(zip(p.lower, p.upper)),
+                                  options={"gtol": 1e-12, "ftol": 0.0})
   np.testing.assert_allclose(res.fun, 0.5 * rnorm ** 2, rtol=1e-9)
   np.testing.assert_allclose(res.x, x_ref, atol=1e-6)
 
