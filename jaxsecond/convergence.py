@@ -1,0 +1,64 @@
+"""Status codes, their messages, and the convergence tests every ``minimize`` method shares."""
+
+import enum
+
+import jax.numpy as jnp
+
+from jaxsecond.bounds import projected_gradient
+
+
+class Status(enum.IntEnum):
+    """Why a solve stopped. Only ``GTOL`` and ``FTOL`` are successes."""
+
+    RUNNING = -1
+    GTOL = 0
+    FTOL = 1
+    MAXITER = 2
+    MAXFUN = 3
+    LINESEARCH_FAILED = 4
+    NONFINITE = 5
+    UNBOUNDED = 6
+
+
+MESSAGES = {
+    Status.RUNNING: "RUNNING",
+    Status.GTOL: "CONVERGENCE: NORM OF PROJECTED GRADIENT <= GTOL",
+    Status.FTOL: "CONVERGENCE: RELATIVE REDUCTION OF F <= FTOL",
+    Status.MAXITER: "STOP: TOTAL NUMBER OF ITERATIONS REACHED MAXITER",
+    Status.MAXFUN: "STOP: TOTAL NUMBER OF FUNCTION EVALUATIONS REACHED MAXFUN",
+    Status.LINESEARCH_FAILED: "ABNORMAL: LINE SEARCH FOUND NO STEP OF SUFFICIENT DECREASE",
+    Status.NONFINITE: "ABNORMAL: NON-FINITE OBJECTIVE VALUE OR GRADIENT",
+    Status.UNBOUNDED: "ABNORMAL: OBJECTIVE UNBOUNDED BELOW",
+}
+
+
+def message(status) -> str:
+    """Human-readable text for a status code (an int or a 0-d array)."""
+    return MESSAGES[Status(int(status))]
+
+
+def status_at_iterate(x, f, g, f_old, lower, upper, nit, nfev, gtol, ftol, maxiter, maxfun, first):
+    """Status after reaching a new iterate: converged, out of budget, or still running.
+
+    The tests are scipy L-BFGS-B's: the infinity norm of the projected gradient is at most ``gtol``,
+    or the relative reduction ``(f_old - f) / max(|f_old|, |f|, 1)`` is at most ``ftol`` (not tested at
+    the starting point, where there is no previous value). Convergence takes precedence over the
+    iteration and evaluation budgets.
+    """
+    pg_norm = jnp.max(jnp.abs(projected_gradient(x, g, lower, upper)), initial=0.0)
+    rel_reduction = (f_old - f) <= ftol * jnp.maximum(jnp.maximum(jnp.abs(f_old), jnp.abs(f)), 1.0)
+    finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
+    status = jnp.where(
+        ~finite,
+        Status.NONFINITE,
+        jnp.where(
+            pg_norm <= gtol,
+            Status.GTOL,
+            jnp.where(
+                rel_reduction & ~first,
+                Status.FTOL,
+                jnp.where(nit >= maxiter, Status.MAXITER, jnp.where(nfev >= maxfun, Status.MAXFUN, Status.RUNNING)),
+            ),
+        ),
+    )
+    return status.astype(jnp.int32), pg_norm

@@ -1,0 +1,307 @@
+"""Limited-memory quasi-Newton search directions: L-BFGS and L-BFGS-B.
+
+Both keep the last ``m`` correction pairs ``s_k = x_{k+1} - x_k``, ``y_k = g_{k+1} - g_k`` in a
+circular buffer of shape ``(m, n)`` on the flattened parameter vector (matrix-vector products on one
+buffer are what XLA runs fastest; the pytree is flattened once, by the driver).
+
+* L-BFGS: the inverse-Hessian product by the two-loop recursion (Nocedal 1980).
+* L-BFGS-B: the compact representation ``B = theta I - W M W^T`` (Byrd, Nocedal, Schnabel 1994), the
+  generalized Cauchy point along the projected steepest-descent path and subspace minimisation over
+  the free variables with the projection-and-backtrack step of L-BFGS-B 3.0 (Byrd, Lu, Nocedal, Zhu
+  1995; Morales and Nocedal 2011), which is the algorithm scipy wraps. Written here because no
+  maintained JAX library implements it (jaxopt's LBFGSB is a projected-gradient approximation and
+  unmaintained; optax has no bound constraints).
+
+The Gram matrices ``S^T Y``, ``S^T S`` and ``Y^T Y`` are updated incrementally (O(mn) per iteration)
+so that only ``2m x 2m`` systems are ever factorised.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array, lax
+
+from jaxsecond.bounds import max_step_in_box
+from jaxsecond.descent import DescentMethod
+
+
+class LimitedMemory(NamedTuple):
+    """Correction pairs in a circular buffer. Slot ``k`` holds a pair when ``rank(k) >= m - count``."""
+
+    s: Array  # (m, n)
+    y: Array  # (m, n)
+    sy: Array  # (m, m) s_i . y_j
+    ss: Array  # (m, m) s_i . s_j
+    yy: Array  # (m, m) y_i . y_j
+    theta: Array  # scaling of the initial matrix B0 = theta I (y.y / s.y of the newest pair)
+    count: Array  # number of stored pairs
+    next: Array  # slot the next pair goes to
+
+
+def init_memory(x, maxcor: int) -> LimitedMemory:
+    n, dtype = x.shape[0], x.dtype
+    zeros_mn = jnp.zeros((maxcor, n), dtype)
+    zeros_mm = jnp.zeros((maxcor, maxcor), dtype)
+    return LimitedMemory(
+        s=zeros_mn, y=zeros_mn, sy=zeros_mm, ss=zeros_mm, yy=zeros_mm,
+        theta=jnp.ones((), dtype), count=jnp.zeros((), jnp.int32), next=jnp.zeros((), jnp.int32),
+    )
+
+
+def reset_memory(memory: LimitedMemory) -> LimitedMemory:
+    """Forgets every pair (L-BFGS-B's restart after a failed line search)."""
+    return memory._replace(theta=jnp.ones_like(memory.theta), count=jnp.zeros_like(memory.count))
+
+
+def push_pair(memory: LimitedMemory, s, y) -> LimitedMemory:
+    """Stores the pair ``(s, y)`` over the oldest one and updates the Gram matrices."""
+    m = memory.s.shape[0]
+    k = memory.next
+    S = memory.s.at[k].set(s)
+    Y = memory.y.at[k].set(y)
+    Ss, Sy, Ys = S @ s, S @ y, Y @ s
+    Yy = Y @ y
+    sy = memory.sy.at[k, :].set(Ys).at[:, k].set(Sy)
+    ss = memory.ss.at[k, :].set(Ss).at[:, k].set(Ss)
+    yy = memory.yy.at[k, :].set(Yy).at[:, k].set(Yy)
+    return LimitedMemory(
+        s=S, y=Y, sy=sy, ss=ss, yy=yy, theta=(y @ y) / (s @ y),
+        count=jnp.minimum(memory.count + 1, m), next=(k + 1) % m,
+    )
+
+
+def _ranks(memory: LimitedMemory):
+    """Age rank of each slot (larger is newer) and the mask of slots holding a pair."""
+    m = memory.s.shape[0]
+    rank = (jnp.arange(m) - memory.next) % m
+    return rank, rank >= m - memory.count
+
+
+# ---------------------------------------------------------------------------------------------
+# L-BFGS
+
+
+def two_loop_recursion(memory: LimitedMemory, g) -> Array:
+    """Returns ``H g`` for the L-BFGS inverse-Hessian approximation ``H`` (Nocedal & Wright, Alg. 7.4).
+
+    The initial matrix is ``H0 = I / theta = (s.y / y.y) I`` of the newest pair, as in L-BFGS-B.
+    """
+    m = memory.s.shape[0]
+    _, valid = _ranks(memory)
+    rho = jnp.where(valid, 1.0 / jnp.where(valid, jnp.diagonal(memory.sy), 1.0), 0.0)
+    newest_first = (memory.next - 1 - jnp.arange(m)) % m
+
+    def backward(i, carry):
+        q, alpha = carry
+        k = newest_first[i]
+        a = rho[k] * (memory.s[k] @ q)
+        return q - a * memory.y[k], alpha.at[k].set(a)
+
+    q, alpha = lax.fori_loop(0, m, backward, (g, jnp.zeros_like(rho)))
+    r = q / memory.theta
+
+    def forward(i, r):
+        k = newest_first[m - 1 - i]
+        b = rho[k] * (memory.y[k] @ r)
+        return r + (alpha[k] - b) * memory.s[k]
+
+    return lax.fori_loop(0, m, forward, r)
+
+
+def lbfgs_direction(memory: LimitedMemory, x, g, lower, upper) -> Array:
+    """The L-BFGS search direction ``-H g`` (the box arguments are unused: L-BFGS is unconstrained)."""
+    del x, lower, upper
+    return -two_loop_recursion(memory, g)
+
+
+# ---------------------------------------------------------------------------------------------
+# L-BFGS-B
+
+
+class _Compact(NamedTuple):
+    """Compact representation B = theta I - W M W^T with W = [Y^T, theta S^T] (rows of size n)."""
+
+    theta: Array
+    minv: Array  # (2m, 2m) the middle matrix's inverse [[-D, L^T], [L, theta S^T S]]
+    mmat: Array  # (2m, 2m) its inverse M
+    valid2: Array  # (2m,) slots holding a pair, repeated for the Y and S halves
+
+
+def _compact_representation(memory: LimitedMemory) -> _Compact:
+    rank, valid = _ranks(memory)
+    both = valid[:, None] & valid[None, :]
+    theta = memory.theta
+    sy = jnp.where(both, memory.sy, 0.0)
+    d = jnp.diag(jnp.diagonal(sy))
+    lower_tri = jnp.where(rank[:, None] > rank[None, :], sy, 0.0)  # L_ij = s_i.y_j for i newer than j
+    ss = jnp.where(both, memory.ss, 0.0)
+    minv = jnp.block([[-d, lower_tri.T], [lower_tri, theta * ss]])
+    valid2 = jnp.concatenate([valid, valid])
+    # Empty slots get an identity block, decoupled from the rest (their rows of W are masked to 0).
+    minv = jnp.where(valid2[:, None] & valid2[None, :], minv, jnp.eye(minv.shape[0], dtype=minv.dtype))
+    mmat = jnp.linalg.solve(minv, jnp.eye(minv.shape[0], dtype=minv.dtype))
+    return _Compact(theta=theta, minv=minv, mmat=mmat, valid2=valid2)
+
+
+def _w_transpose_times(memory: LimitedMemory, compact: _Compact, v) -> Array:
+    """W^T v = [Y v, theta S v] (2m,), zero in empty slots."""
+    return jnp.where(compact.valid2, jnp.concatenate([memory.y @ v, compact.theta * (memory.s @ v)]), 0.0)
+
+
+def _w_times(memory: LimitedMemory, compact: _Compact, p) -> Array:
+    """W p = Y^T p_Y + theta S^T p_S (n,)."""
+    m = memory.s.shape[0]
+    p = jnp.where(compact.valid2, p, 0.0)
+    return p[:m] @ memory.y + compact.theta * (p[m:] @ memory.s)
+
+
+def cauchy_point(memory: LimitedMemory, compact: _Compact, x, g, lower, upper):
+    """Generalized Cauchy point of the quadratic model along the projected gradient path.
+
+    Algorithm CP of Byrd, Lu, Nocedal & Zhu (1995), as L-BFGS-B 3.0's ``cauchy`` implements it: the
+    breakpoints are visited in increasing order (here after one ``argsort``), each costing O(m^2).
+
+    Returns:
+      ``(xcp, c, free)``: the Cauchy point, ``c = W^T (xcp - x)`` and the mask of variables that are
+      free (not at a bound) at ``xcp``.
+    """
+    dtype = x.dtype
+    eps = jnp.finfo(dtype).eps
+    fixed = lower == upper
+    at_lower = x <= lower
+    at_upper = x >= upper
+    blocked = fixed | (at_lower & (g >= 0)) | (at_upper & (g <= 0))
+    d = jnp.where(blocked | (g == 0), 0.0, -g)
+    t = jnp.where((d < 0) & jnp.isfinite(lower), (x - lower) / jnp.where(d < 0, -d, 1), jnp.inf)
+    t = jnp.where((d > 0) & jnp.isfinite(upper), (upper - x) / jnp.where(d > 0, d, 1), t)
+    has_break = jnp.isfinite(t)
+    # All moving variables have breakpoints: the path ends at the last one.
+    bounded_path = jnp.all(has_break | (d == 0))
+    nbreak = jnp.sum(has_break)
+    order = jnp.argsort(t)
+
+    mmat = compact.mmat
+    p = _w_transpose_times(memory, compact, d)
+    f1 = -(d @ d)
+    f2 = -compact.theta * f1 - p @ (mmat @ p)
+    f2_org = f2
+    dtm0 = -f1 / f2
+
+    wy_rows = memory.y.T  # (n, m) so that row b is the b-th component of each y
+    ws_rows = memory.s.T
+
+    def cond(state):
+        k, _, _, _, _, _, _, done = state
+        return (k < nbreak) & ~done
+
+    def body(state):
+        k, told, f1, f2, p, c, dtm, _ = state
+        b = order[k]
+        tj = t[b]
+        dt = tj - told
+        stop = dtm < dt
+        db = d[b]
+        zb = jnp.where(db > 0, upper[b], lower[b]) - x[b]
+        wb = jnp.where(compact.valid2, jnp.concatenate([wy_rows[b], compact.theta * ws_rows[b]]), 0.0)
+        c_new = c + dt * p
+        mwb = mmat @ wb
+        f1_new = f1 + dt * f2 + db * db - compact.theta * db * zb + db * (c_new @ mwb)
+        f2_new = f2 - compact.theta * db * db + 2.0 * db * (p @ mwb) - db * db * (wb @ mwb)
+        f2_new = jnp.maximum(eps * f2_org, f2_new)
+        p_new = p - db * wb
+        last = k + 1 == nbreak
+        dtm_new = jnp.where(last & bounded_path, 0.0, -f1_new / f2_new)
+        new = (k + 1, tj, f1_new, f2_new, p_new, c_new, dtm_new, stop)
+        old = (k, told, f1, f2, p, c, dtm, stop)
+        return jax.tree.map(lambda a, o: jnp.where(stop, o, a), new, old)
+
+    zero = jnp.zeros((), dtype)
+    init = (jnp.zeros((), nbreak.dtype), zero, f1, f2, p, jnp.zeros_like(p), dtm0, jnp.zeros((), bool))
+    nfixed, told, _, _, p, c, dtm, _ = lax.while_loop(cond, body, init)
+    dtm = jnp.maximum(dtm, 0.0)
+    tsum = told + dtm
+    c = c + dtm * p
+    position = jnp.empty_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+    hit = position < nfixed
+    xcp = jnp.where(hit, jnp.where(d > 0, upper, lower), x + tsum * d)
+    xcp = jnp.clip(xcp, lower, upper)
+    free = ~(blocked | hit)
+    return xcp, c, free
+
+
+def subspace_minimization(memory: LimitedMemory, compact: _Compact, x, g, lower, upper, xcp, c, free):
+    """Minimises the quadratic model over the variables free at the Cauchy point (direct primal method).
+
+    The reduced Newton step solves ``(theta I - A M A^T) d = r`` on the free set, with ``A = Z^T W``,
+    by the Sherman–Morrison–Woodbury identity, which needs only the ``2m x 2m`` system
+    ``(M^{-1} - A^T A / theta) v = A^T r``. The step from ``xcp`` is then projected onto the box; if
+    that projection is not a descent direction from ``x``, it is instead truncated at the first bound
+    (L-BFGS-B 3.0, Morales & Nocedal 2011).
+    """
+    theta = compact.theta
+    wmc = _w_times(memory, compact, compact.mmat @ c)
+    r = jnp.where(free, -g - theta * (xcp - x) + wmc, 0.0)
+    wtr = _w_transpose_times(memory, compact, r)
+    gram = _free_gram(memory, compact, free)
+    v = jnp.linalg.solve(compact.minv - gram / theta, wtr)
+    dhat = jnp.where(free, r / theta + _w_times(memory, compact, v) / theta**2, 0.0)
+
+    projected = jnp.clip(xcp + dhat, lower, upper)
+    clipped = jnp.any(projected != xcp + dhat)
+    alpha = max_step_in_box(xcp, dhat, lower, upper, 1.0)
+    truncated = jnp.clip(xcp + alpha * dhat, lower, upper)
+    uphill = (projected - x) @ g > 0
+    return jnp.where(clipped & uphill, truncated, projected)
+
+
+def _free_gram(memory: LimitedMemory, compact: _Compact, free) -> Array:
+    """``W^T Z Z^T W`` for the free set: the full Gram matrix minus the part over fixed variables."""
+    theta = compact.theta
+    full = jnp.block([[memory.yy, theta * memory.sy.T], [theta * memory.sy, theta**2 * memory.ss]])
+
+    def fixed_part(_):
+        fixed = (~free).astype(memory.s.dtype)
+        w = jnp.concatenate([memory.y, theta * memory.s]) * fixed
+        return w @ jnp.concatenate([memory.y, theta * memory.s]).T
+
+    part = lax.cond(jnp.all(free), lambda _: jnp.zeros_like(full), fixed_part, None)
+    mask = compact.valid2[:, None] & compact.valid2[None, :]
+    return jnp.where(mask, full - part, 0.0)
+
+
+def lbfgsb_direction(memory: LimitedMemory, x, g, lower, upper) -> Array:
+    """The L-BFGS-B search direction: subspace minimiser from the generalized Cauchy point, minus ``x``.
+
+    With no pair stored, the direction is the step to the Cauchy point of ``theta I`` (a projected
+    steepest-descent step), as in L-BFGS-B.
+    """
+    compact = _compact_representation(memory)
+    xcp, c, free = cauchy_point(memory, compact, x, g, lower, upper)
+    z = lax.cond(
+        (memory.count > 0) & jnp.any(free),
+        lambda: subspace_minimization(memory, compact, x, g, lower, upper, xcp, c, free),
+        lambda: xcp,
+    )
+    return z - x
+
+
+def _memory_is_empty(memory: LimitedMemory) -> Array:
+    return memory.count == 0
+
+
+def lbfgs(maxcor: int) -> DescentMethod:
+    """L-BFGS with ``maxcor`` correction pairs, for :func:`jaxsecond.descent.run_descent`."""
+    return DescentMethod(
+        init_memory=functools.partial(init_memory, maxcor=maxcor),
+        direction=lbfgs_direction,
+        update_memory=push_pair,
+        reset_memory=reset_memory,
+        memory_is_empty=_memory_is_empty,
+    )
+
+
+def lbfgsb(maxcor: int) -> DescentMethod:
+    """L-BFGS-B with ``maxcor`` correction pairs, for :func:`jaxsecond.descent.run_descent`."""
+    return lbfgs(maxcor)._replace(direction=lbfgsb_direction)
