@@ -3,7 +3,7 @@
 Run by hand, not in CI::
 
     pip install -e ".[bench]"      # scipy, scikit-learn, jaxopt (jaxopt is a bench-only peer)
-    python bench/minimize.py       # full run, about ten minutes on a 2-core CPU
+    python bench/minimize.py       # full run: 12 minutes on a busy 2-core CPU, mostly compilation
     python bench/minimize.py --quick
 
 Every solver runs in float64 in this one process, on the problems of ``jaxsecond.problems`` (the
@@ -16,7 +16,7 @@ matches scipy's, nit, nfev, the warm solve time (median of repeats) and the firs
 (compilation included). Summary rows: geometric means of nfev ratio and warm-time speedup against
 scipy's same-family method over the problems both solve; 256 random starts solved by ``jax.vmap``
 against a Python loop of scipy; and the overhead ratio ``solve time / (nfev x time of one jitted
-value-and-grad)`` on extended Rosenbrock with n = 10^4.
+value-and-grad)`` on extended Rosenbrock with n = 10^4 and 10^6.
 
 The solvers are rows of ``SOLVERS``: a new method is one ``Solver(...)`` line (``jaxsecond_solver``
 for any ``js.minimize`` method, ``scipy_solver`` for any ``scipy.optimize.minimize`` method, with
