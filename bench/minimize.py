@@ -27,8 +27,9 @@ gradient tolerance 1e-5 (scipy's default ``gtol``; scipy, jaxsecond use the infi
 projected gradient, optax's documented loop and jaxopt the 2-norm), history 10; line searches and
 other settings are each library's defaults. Evaluation counts are each library's own: scipy's and
 jaxsecond's ``nfev``; jaxopt's ``num_fun_eval``; for optax, one evaluation at the start plus the
-zoom line search's steps (each step evaluates value and gradient once), which ``--check-counts``
-verifies by counting calls of the objective with ``jax.debug.callback``.
+zoom line search's steps (each step evaluates value and gradient once). The run checks every
+solver's count against the calls of the objective counted with ``jax.debug.callback`` on three
+problems, and times ``js.minimize`` called directly against the same call inside ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -490,6 +491,31 @@ def overhead(solvers, n, min_repeats, min_seconds):
     return lines
 
 
+def front_end(min_repeats, min_seconds):
+    """``js.minimize`` called directly (as users do) against the same call inside ``jax.jit``: the
+    difference is the per-call cost of validation, flattening and the compile-cache lookup."""
+    lines = []
+    for problem in (problems.rosenbrock(), problems.extended_rosenbrock(10_000)):
+        direct = jaxsecond_solver("l-bfgs")(problem)[0]
+        jitted = jax.jit(lambda x0, fun=problem.fun: js.minimize(
+            fun, x0, method="l-bfgs", options={"maxiter": MAXITER, "gtol": GTOL, "maxcor": HISTORY}))
+        x0 = jnp.asarray(problem.x0)
+        timings = []
+        for call in (direct, lambda x: jax.block_until_ready(jitted(x))):
+            call(x0)
+            times = []
+            start = time.perf_counter()
+            while len(times) < min_repeats or (time.perf_counter() - start < min_seconds
+                                               and len(times) < 50):
+                t = time.perf_counter()
+                call(x0)
+                times.append(time.perf_counter() - t)
+            timings.append(statistics.median(times))
+        lines.append(f"{problem.name}: js.minimize direct {timings[0] * 1e3:.3f} ms, inside jax.jit "
+                     f"{timings[1] * 1e3:.3f} ms (front end {(timings[0] - timings[1]) * 1e3:.3f} ms)")
+    return lines
+
+
 def check_counts(solvers):
     """Count calls of the objective with jax.debug.callback and compare with each solver's nfev."""
     lines = []
@@ -553,8 +579,8 @@ def machine():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few problems, one repeat")
-    parser.add_argument("--check-counts", action="store_true",
-                        help="also count objective calls with jax.debug.callback")
+    parser.add_argument("--skip-count-check", action="store_true",
+                        help="skip counting objective calls with jax.debug.callback")
     parser.add_argument("--starts", type=int, default=256, help="random starts for the vmap row")
     parser.add_argument("--large-n", type=int, nargs="+", default=[10_000, 1_000_000],
                         help="sizes of extended Rosenbrock for the overhead ratio")
@@ -579,7 +605,9 @@ def main(argv=None):
                 ("Overhead ratio at large n",
                  [line for n in args.large_n
                   for line in overhead(solvers, n, min_repeats, min_seconds)])]
-    if args.check_counts:
+    if any(s.label.startswith("jaxsecond") for s in solvers):
+        sections.append(("js.minimize front-end cost per call", front_end(min_repeats, min_seconds)))
+    if not args.skip_count_check:
         sections.append(("Evaluation counts checked by counting objective calls",
                          check_counts(solvers)))
     elapsed = time.perf_counter() - start
