@@ -1,6 +1,6 @@
 """jaxsecond: second-order and quasi-Newton optimizers over JAX pytrees."""
 
-from jaxsecond import schedules
+from jaxsecond import problems, schedules
 from jaxsecond.convergence import Status
 from jaxsecond.curveball import CurveBallState, curveball
 from jaxsecond.lr_range_test import LRRangeTestResult, lr_range_test, plot_lr_range_test
@@ -21,6 +21,7 @@ __all__ = [
     "lr_range_test",
     "minimize",
     "plot_lr_range_test",
+    "problems",
     "scale_by_torch_amsgrad",
     "schedules",
 ]
