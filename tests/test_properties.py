@@ -43,6 +43,22 @@ def _tree(structure, flat):
 
 
 # Derandomized so CI is reproducible; run with JAXSECOND_HYPOTHESIS_EXAMPLES=500 to search wider.
+def _assert_honest(res, lower=None, upper=None):
+    """A success is a point whose projected gradient meets gtol, or (ftol = 0 in these tests) where
+    f stopped decreasing at all; the only failure allowed is a line search stalled by rounding when
+    gtol is near the floating-point floor (as scipy's L-BFGS-B does), never a budget or NaN. The
+    callers check the distance to the known minimiser whatever the status."""
+    g = ravel_pytree(res.jac)[0]
+    x = ravel_pytree(res.x)[0]
+    lower = jnp.full_like(x, -jnp.inf) if lower is None else jnp.asarray(lower)
+    upper = jnp.full_like(x, jnp.inf) if upper is None else jnp.asarray(upper)
+    pg = float(jnp.max(jnp.abs(projected_gradient(x, g, lower, upper))))
+    if bool(res.success):
+        assert pg <= GTOL if int(res.status) == js.Status.GTOL else int(res.status) == js.Status.FTOL
+    else:
+        assert int(res.status) == js.Status.LINESEARCH_FAILED and pg > GTOL, res.message
+
+
 common = settings(
     max_examples=int(os.environ.get("JAXSECOND_HYPOTHESIS_EXAMPLES", 25)),
     deadline=None,
@@ -61,7 +77,7 @@ def test_unconstrained_quadratic_reaches_known_minimiser(seed, which, cond):
     x0 = _tree(structure, rng.normal(size=n) * 3)
     res = js.minimize(quadratic, x0, args=(hess, lin), options={"gtol": GTOL, "ftol": 0.0})
     xstar = -np.linalg.solve(hess, lin)
-    assert bool(res.success), res.message
+    _assert_honest(res)
     np.testing.assert_allclose(ravel_pytree(res.x)[0], xstar, atol=1e-5 * cond)
     assert jax.tree.structure(res.x) == jax.tree.structure(x0)
 
@@ -86,7 +102,7 @@ def test_box_quadratic_stays_in_box_and_reaches_clipped_minimiser(seed, which):
     )
     x = np.asarray(ravel_pytree(res.x)[0])
     assert np.all(x >= lower) and np.all(x <= upper)
-    assert bool(res.success), res.message
+    _assert_honest(res, lower, upper)
     # A float32 leaf is evaluated at float32 points: f is resolved to ~1e-7 relative, and the
     # relative-reduction test stops where x is good to about the square root of that.
     has_float32 = any(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(structure))
