@@ -9,7 +9,7 @@ computed in the same trip. One evaluation site keeps compile times short, and un
 problem advances one evaluation per trip and stops on its own criteria.
 """
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,11 @@ class DescentMethod(NamedTuple):
       reset_memory: ``(memory) -> memory`` forget curvature (after a failed line search).
       memory_is_empty: ``(memory) -> bool``.
       c1, c2, xtol: constants of the strong Wolfe search.
+      initial_step: ``None`` for L-BFGS-B's first trial step (1, or ``1/|d|`` on the first iteration
+        of a problem not bounded on every side), or ``(f, f_prev, g, d, nit) -> stp`` where
+        ``f_prev`` is the value at the previous iterate (undefined when ``nit == 0``).
+      direction_updates_memory: ``direction`` returns ``(d, memory)`` instead of ``d`` (a method
+        whose memory is the previous direction, such as nonlinear CG).
     """
 
     init_memory: Callable[[Array], Any]
@@ -45,6 +50,8 @@ class DescentMethod(NamedTuple):
     c1: float = 1e-3
     c2: float = 0.9
     xtol: float = 0.1
+    initial_step: Optional[Callable[..., Array]] = None
+    direction_updates_memory: bool = False
 
 
 class DescentOptions(NamedTuple):
@@ -53,6 +60,7 @@ class DescentOptions(NamedTuple):
     maxiter: Array
     maxfun: Array
     maxls: Array
+    xtol: Any = -1.0  # converged when the L1 norm of an accepted step is at most xtol (Newton-CG)
 
 
 class DescentResult(NamedTuple):
@@ -68,6 +76,7 @@ class _State(NamedTuple):
     x: Array  # current iterate and its value and gradient
     f: Array
     g: Array
+    f_prev: Array  # value at the previous iterate
     d: Array  # search direction
     search: ls_lib.LineSearchState
     memory: Any
@@ -103,16 +112,21 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
 
     def new_direction(state: _State) -> _State:
         memory = lax.cond(state.forget, method.reset_memory, lambda m: m, state.memory)
+        empty = method.memory_is_empty(memory)
         d = method.direction(memory, state.x, state.g, lower, upper)
+        if method.direction_updates_memory:
+            d, memory = d
         limit = jnp.where(constrained, max_step_in_box(state.x, d, lower, upper, _BIG_STEP), _BIG_STEP)
-        # L-BFGS-B's first step: at most 1 in a box, 1/|d| when some variable is unbounded.
         first = state.nit == 0
-        limit = jnp.where(constrained & first, jnp.minimum(limit, 1.0), limit).astype(dtype)
-        stp = jnp.where(first & ~boxed, 1.0 / jnp.linalg.norm(d), 1.0)
-        search = ls_lib.line_search_init(state.f, state.g @ d, stp, limit)
+        if method.initial_step is None:
+            # L-BFGS-B's first step: at most 1 in a box, 1/|d| when some variable is unbounded.
+            limit = jnp.where(constrained & first, jnp.minimum(limit, 1.0), limit)
+            stp = jnp.where(first & ~boxed, 1.0 / jnp.linalg.norm(d), 1.0)
+        else:
+            stp = method.initial_step(state.f, state.f_prev, state.g, d, state.nit)
+        search = ls_lib.line_search_init(state.f, state.g @ d, stp, limit.astype(dtype))
         # An uphill direction: retry next trip without memory, or give up if there was none.
         uphill = search.task == ls_lib.ERROR
-        empty = method.memory_is_empty(memory)
         status = jnp.where(uphill & empty, Status.LINESEARCH_FAILED, state.status).astype(jnp.int32)
         return state._replace(
             d=d, search=search, memory=memory, status=status, need_direction=uphill, forget=uphill
@@ -137,12 +151,14 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
         # A search that ended at the largest unconstrained step followed a descent ray for 1e10.
         ray = (stp >= _BIG_STEP) & (status == Status.RUNNING)
         status = jnp.where(ray, Status.UNBOUNDED, status)
+        small_step = ~first & (jnp.sum(jnp.abs(s)) <= options.xtol) & (status == Status.RUNNING)
+        status = jnp.where(small_step, Status.XTOL, status)
         if disp:
             jax.debug.print(
                 "iter {:5d}  f = {: .10e}  |proj g| = {:.4e}  nfev = {}", nit, f_new, pg_norm, state.nfev
             )
         return state._replace(
-            x=x_new, f=f_new, g=g_new, memory=memory, nit=nit, status=status.astype(jnp.int32),
+            x=x_new, f=f_new, g=g_new, f_prev=state.f, memory=memory, nit=nit, status=status.astype(jnp.int32),
             need_direction=jnp.ones((), bool), forget=jnp.zeros((), bool),
         )
 
@@ -186,7 +202,7 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
 
     zero = jnp.zeros((), dtype)
     init = _State(
-        x=x0, f=zero, g=jnp.zeros_like(x0), d=jnp.zeros_like(x0),
+        x=x0, f=zero, g=jnp.zeros_like(x0), f_prev=zero, d=jnp.zeros_like(x0),
         search=ls_lib.line_search_init(zero, -1.0, 1.0, 1.0), memory=method.init_memory(x0),
         nit=jnp.zeros((), jnp.int32), nfev=jnp.zeros((), jnp.int32), status=jnp.int32(Status.RUNNING),
         need_direction=jnp.zeros((), bool), forget=jnp.zeros((), bool),
@@ -200,3 +216,24 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
 def _print_final(status, nit, nfev, f):
     for s, i, e, v in zip(*(np.atleast_1d(a) for a in (status, nit, nfev, f))):
         print(f"{MESSAGES[Status(int(s))]}  (nit = {int(i)}, nfev = {int(e)}, f = {float(v):.10e})")
+
+
+def wolfe1_initial_step(start_from_gradient_norm: bool):
+    """scipy's first trial step for its ``line_search_wolfe1`` methods (BFGS, CG, Newton-CG).
+
+    ``min(1, 1.01 * 2 (f - f_prev) / g.d)``, the step at which a quadratic interpolation through the
+    last decrease would reach its minimum, or 1 when that is not positive. On the first iteration
+    scipy's BFGS and CG take ``f_prev = f + |g|/2`` (a first step of about unit length), Newton-CG
+    takes the unit step.
+    """
+
+    def initial_step(f, f_prev, g, d, nit):
+        if start_from_gradient_norm:
+            f_prev = jnp.where(nit == 0, f + jnp.linalg.norm(g) / 2, f_prev)
+        stp = jnp.minimum(1.0, 1.01 * 2 * (f - f_prev) / (g @ d))
+        stp = jnp.where(jnp.isfinite(stp) & (stp > 0), stp, 1.0)
+        if not start_from_gradient_norm:
+            stp = jnp.where(nit == 0, 1.0, stp)
+        return stp.astype(d.dtype)
+
+    return initial_step

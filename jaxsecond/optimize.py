@@ -17,10 +17,11 @@ from jax import Array
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import keystr, tree_flatten_with_path
 
-from jaxsecond import quasi_newton
+from jaxsecond import conjugate_gradient, newton, quasi_newton, trust_region
 from jaxsecond.bounds import broadcast_bounds
 from jaxsecond.convergence import MESSAGES, Status
 from jaxsecond.descent import DescentOptions, run_descent
+from jaxsecond.implicit_diff import differentiable_solve
 
 
 class OptimizeResult(NamedTuple):
@@ -60,6 +61,8 @@ class _MethodSpec(NamedTuple):
     supports_bounds: bool
     defaults: dict
     static: tuple  # option names that change the compiled program
+    objective: bool = False  # make also takes the flat value_and_grad (Hessian-based methods)
+    run: Callable[..., Any] = run_descent
 
 
 _LBFGS_DEFAULTS = {  # scipy.optimize.minimize(method="L-BFGS-B") defaults
@@ -72,11 +75,31 @@ _LBFGS_DEFAULTS = {  # scipy.optimize.minimize(method="L-BFGS-B") defaults
     "disp": False,
 }
 
+# Each method's scipy defaults (scipy/optimize/_optimize.py and _trustregion.py); maxiter None is
+# scipy's 200 * n. "newton" has no scipy counterpart: it takes trust-exact's gtol.
+_BFGS_DEFAULTS = {"gtol": 1e-5, "maxiter": None, "disp": False}
+_NEWTON_CG_DEFAULTS = {"xtol": 1e-5, "maxiter": None, "disp": False}
+_NEWTON_DEFAULTS = {"gtol": 1e-8, "maxiter": None, "disp": False}
+_TRUST_NCG_DEFAULTS = {
+    "gtol": 1e-4, "maxiter": None, "initial_trust_radius": 1.0, "max_trust_radius": 1000.0, "eta": 0.15,
+    "disp": False,
+}
+# Values of the loop's numeric options for methods that do not have them: tests that never fire.
+_INACTIVE = {"gtol": 0.0, "ftol": -np.inf, "maxfun": np.iinfo(np.int32).max, "maxls": 100, "xtol": -1.0}
+
 _METHODS = {
     "l-bfgs": _MethodSpec(quasi_newton.lbfgs, False, _LBFGS_DEFAULTS, ("maxcor",)),
     "l-bfgs-b": _MethodSpec(quasi_newton.lbfgsb, True, _LBFGS_DEFAULTS, ("maxcor",)),
+    "bfgs": _MethodSpec(quasi_newton.bfgs, False, _BFGS_DEFAULTS, ()),
+    "cg": _MethodSpec(conjugate_gradient.cg, False, _BFGS_DEFAULTS, ()),
+    "newton": _MethodSpec(newton.newton, False, _NEWTON_DEFAULTS, (), objective=True),
+    "newton-cg": _MethodSpec(newton.newton_cg, False, _NEWTON_CG_DEFAULTS, (), objective=True),
+    "trust-ncg": _MethodSpec(
+        trust_region.TrustRegionMethod, False, _TRUST_NCG_DEFAULTS,
+        ("initial_trust_radius", "max_trust_radius", "eta"), run=trust_region.run_trust_region,
+    ),
 }
-_ALIASES = {"lbfgs": "l-bfgs", "lbfgsb": "l-bfgs-b"}
+_ALIASES = {"lbfgs": "l-bfgs", "lbfgsb": "l-bfgs-b", "newtoncg": "newton-cg", "trustncg": "trust-ncg"}
 
 
 def minimize(fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, options=None) -> OptimizeResult:
@@ -136,7 +159,16 @@ def minimize(fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, 
         raise TypeError(f"jac must be None, True or a callable; got {jac!r}")
     lower, upper = broadcast_bounds(bounds, x0) if bounds is not None else (None, None)
     static = {k: opts[k] for k in spec.static}
-    numeric = {k: opts[k] for k in ("gtol", "ftol", "maxiter", "maxfun", "maxls")}
+    n = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(x0))
+    if name == "newton" and n > newton.MAX_NEWTON_SIZE:
+        raise ValueError(
+            f"method='newton' forms the dense n x n Hessian; x0 has n = {n} > {newton.MAX_NEWTON_SIZE} "
+            "variables (use 'newton-cg' or 'trust-ncg', which need only Hessian-vector products)"
+        )
+    numeric = {k: opts.get(k, default) for k, default in _INACTIVE.items()}
+    numeric["maxiter"] = 200 * n if opts["maxiter"] is None else opts["maxiter"]
+    if "xtol" in opts:
+        numeric["xtol"] = n * opts["xtol"]  # scipy's Newton-CG: the average per variable
     solve = _solve if _hashable(fun) and _hashable(jac) else _solve.__wrapped__
     return solve(
         x0, args, lower, upper, numeric,
@@ -176,7 +208,8 @@ def _resolve_options(name, spec, tol, options):
         elif key in ("maxcor", "maxls"):
             _check_int(key, value, low=1)
         elif key in ("maxiter", "maxfun"):
-            _check_int(key, value, low=0)
+            if value is not None or key != "maxiter":
+                _check_int(key, value, low=0)
         else:
             _check_number(key, value, low=0.0)
     return opts
@@ -265,6 +298,7 @@ def _check_outputs(fun, jac, x0, args):
 def _solve(x0, args, lower, upper, numeric, *, fun, jac, method, static, disp):
     x0 = jax.tree.map(jnp.asarray, x0)
     _check_outputs(fun, jac, x0, args)
+    spec = _METHODS[method]
     x_flat, unravel = ravel_pytree(x0)
     dtype = x_flat.dtype
     if lower is None:
@@ -274,20 +308,29 @@ def _solve(x0, args, lower, upper, numeric, *, fun, jac, method, static, disp):
         lo, up = ravel_pytree(lower)[0].astype(dtype), ravel_pytree(upper)[0].astype(dtype)
     value_and_grad = _value_and_grad(fun, jac)
 
-    def flat_value_and_grad(x):
+    def flat_value_and_grad(x, args):
         value, grad = value_and_grad(unravel(x), *args)
         return jnp.asarray(value, dtype), ravel_pytree(grad)[0].astype(dtype)
 
-    options = DescentOptions(
-        gtol=jnp.asarray(numeric["gtol"], dtype),
-        ftol=jnp.asarray(numeric["ftol"], dtype),
-        maxiter=jnp.asarray(numeric["maxiter"], jnp.int32),
-        maxfun=jnp.asarray(numeric["maxfun"], jnp.int32),
-        maxls=jnp.asarray(numeric["maxls"], jnp.int32),
+    def solve(x_start, args, lo, up, numeric):
+        options = DescentOptions(
+            gtol=jnp.asarray(numeric["gtol"], dtype),
+            ftol=jnp.asarray(numeric["ftol"], dtype),
+            maxiter=jnp.asarray(numeric["maxiter"], jnp.int32),
+            maxfun=jnp.asarray(numeric["maxfun"], jnp.int32),
+            maxls=jnp.asarray(numeric["maxls"], jnp.int32),
+            xtol=jnp.asarray(numeric["xtol"], dtype),
+        )
+        vg = lambda x: flat_value_and_grad(x, args)
+        solver = spec.make(vg, **dict(static)) if spec.objective else spec.make(**dict(static))
+        out = spec.run(vg, x_start, lo, up, solver, options, disp=disp)
+        return out.x, out.f, out.g, out.nit, out.nfev, out.status
+
+    # Derivatives with respect to args by the implicit function theorem, not through the loop.
+    x, f, g, nit, nfev, status = differentiable_solve(solve, flat_value_and_grad)(
+        jnp.clip(x_flat, lo, up), args, lo, up, numeric
     )
-    solver = _METHODS[method].make(**dict(static))
-    out = run_descent(flat_value_and_grad, jnp.clip(x_flat, lo, up), lo, up, solver, options, disp=disp)
     return OptimizeResult(
-        x=unravel(out.x), fun=out.f, jac=unravel(out.g), nit=out.nit, nfev=out.nfev, njev=out.nfev,
-        status=out.status, success=(out.status == Status.GTOL) | (out.status == Status.FTOL),
+        x=unravel(x), fun=f, jac=unravel(g), nit=nit, nfev=nfev, njev=nfev, status=status,
+        success=(status == Status.GTOL) | (status == Status.FTOL) | (status == Status.XTOL),
     )
