@@ -124,7 +124,10 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
             stp = jnp.where(first & ~boxed, 1.0 / jnp.linalg.norm(d), 1.0)
         else:
             stp = method.initial_step(state.f, state.f_prev, state.g, d, state.nit)
-        search = ls_lib.line_search_init(state.f, state.g @ d, stp, limit.astype(dtype))
+        limit = limit.astype(dtype)
+        # Below this step x + stp d rounds to x: the search stops there instead of shrinking forever.
+        stpmin = jnp.finfo(dtype).eps * jnp.max(jnp.abs(state.x)) / jnp.max(jnp.abs(d))
+        search = ls_lib.line_search_init(state.f, state.g @ d, stp, limit, jnp.minimum(stpmin, limit))
         # An uphill direction: retry next trip without memory, or give up if there was none.
         uphill = search.task == ls_lib.ERROR
         status = jnp.where(uphill & empty, Status.LINESEARCH_FAILED, state.status).astype(jnp.int32)

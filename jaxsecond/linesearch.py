@@ -32,7 +32,7 @@ class LineSearchState(NamedTuple):
     """Scalars of one Moré–Thuente search (the saved variables of ``dcsrch``)."""
 
     stp: Array  # the step at which the caller must evaluate next (or the accepted step)
-    stx: Array  # best step so far, its (modified) value and derivative
+    stx: Array  # best step so far, its (modified) value relative to finit, and derivative
     fx: Array
     gx: Array
     sty: Array  # other end of the bracketing interval
@@ -40,6 +40,7 @@ class LineSearchState(NamedTuple):
     gy: Array
     stmin: Array  # current interval in which the next trial must lie
     stmax: Array
+    stpmin: Array  # smallest step allowed
     stpmax: Array  # largest step allowed (shrunk after a non-finite trial)
     width: Array
     width1: Array
@@ -52,7 +53,7 @@ class LineSearchState(NamedTuple):
     nonfinite: Array  # whether a trial gave a non-finite value or derivative
 
 
-def line_search_init(finit, ginit, stp, stpmax) -> LineSearchState:
+def line_search_init(finit, ginit, stp, stpmax, stpmin=0.0) -> LineSearchState:
     """Starts a search from phi(0) = finit, phi'(0) = ginit with first trial ``stp``.
 
     Args:
@@ -60,20 +61,22 @@ def line_search_init(finit, ginit, stp, stpmax) -> LineSearchState:
       ginit: directional derivative at the current point; must be negative.
       stp: first trial step; clipped to ``stpmax``.
       stpmax: largest allowed step (e.g. the distance to the boundary of a box along the direction).
+      stpmin: smallest allowed step; a search that cannot decrease the objective at ``stpmin`` stops
+        with a warning (e.g. the step below which ``x + stp d`` rounds to ``x``).
 
     Returns:
       The search state; ``task`` is ``SEARCHING`` or, when no descent step can exist (``ginit >= 0``,
       a non-finite ``ginit`` or ``stpmax <= 0``), ``ERROR``.
     """
     dtype = jnp.result_type(finit)
-    finit, ginit, stpmax = (jnp.asarray(v, dtype) for v in (finit, ginit, stpmax))
-    stp = jnp.minimum(jnp.asarray(stp, dtype), stpmax)
+    finit, ginit, stpmin, stpmax = (jnp.asarray(v, dtype) for v in (finit, ginit, stpmin, stpmax))
+    stp = jnp.clip(jnp.asarray(stp, dtype), stpmin, stpmax)
     ok = jnp.isfinite(ginit) & (ginit < 0) & (stpmax > 0) & (stp > 0)
     zero = jnp.zeros((), dtype)
     width = stpmax  # stpmax - stpmin with stpmin = 0
     return LineSearchState(
-        stp=stp, stx=zero, fx=finit, gx=ginit, sty=zero, fy=finit, gy=ginit,
-        stmin=zero, stmax=stp + _XTRAPU * stp, stpmax=stpmax, width=width, width1=2 * width,
+        stp=stp, stx=zero, fx=zero, gx=ginit, sty=zero, fy=zero, gy=ginit,
+        stmin=zero, stmax=stp + _XTRAPU * stp, stpmin=stpmin, stpmax=stpmax, width=width, width1=2 * width,
         finit=finit, ginit=ginit, brackt=jnp.zeros((), bool), stage2=jnp.zeros((), bool),
         task=jnp.where(ok, SEARCHING, ERROR), nfev=jnp.zeros((), jnp.int32),
         nonfinite=jnp.zeros((), bool),
@@ -171,15 +174,19 @@ def line_search_step(state: LineSearchState, f, g, ftol, gtol, xtol) -> LineSear
     """
     s = state
     finite = jnp.isfinite(f) & jnp.isfinite(g)
+    # Values are kept relative to phi(0): the difference of nearby values is exact, whereas
+    # ``finit + stp * gtest`` rounds to ``finit`` in float32 and would let an unchanged value pass
+    # as sufficient decrease (MINPACK-2 always runs in float64, where this does not bite).
+    f = f - s.finit
     gtest = ftol * s.ginit
-    ftest = s.finit + s.stp * gtest
+    ftest = s.stp * gtest
     stage2 = s.stage2 | ((f <= ftest) & (g >= 0))
 
     warn = (
         (s.brackt & ((s.stp <= s.stmin) | (s.stp >= s.stmax)))
         | (s.brackt & (s.stmax - s.stmin <= xtol * s.stmax))
         | ((s.stp == s.stpmax) & (f <= ftest) & (g <= gtest))
-        | ((s.stp == 0) & ((f > ftest) | (g >= gtest)))
+        | ((s.stp == s.stpmin) & ((f > ftest) | (g >= gtest)))
     )
     conv = (f <= ftest) & (jnp.abs(g) <= gtol * (-s.ginit))
     task = jnp.where(conv, CONVERGED, jnp.where(warn, WARNING, SEARCHING))
@@ -205,7 +212,7 @@ def line_search_step(state: LineSearchState, f, g, ftol, gtol, xtol) -> LineSear
 
     stmin = jnp.where(brackt, jnp.minimum(stx, sty), stp + _XTRAPL * (stp - stx))
     stmax = jnp.where(brackt, jnp.maximum(stx, sty), stp + _XTRAPU * (stp - stx))
-    stp = jnp.clip(stp, 0.0, s.stpmax)
+    stp = jnp.clip(stp, s.stpmin, s.stpmax)
     # If further progress is not possible, let stp be the best point obtained so far.
     stuck = brackt & ((stp <= stmin) | (stp >= stmax) | (stmax - stmin <= xtol * stmax))
     stp = jnp.where(stuck | ~jnp.isfinite(stp), stx, stp)
@@ -213,7 +220,7 @@ def line_search_step(state: LineSearchState, f, g, ftol, gtol, xtol) -> LineSear
 
     searched = LineSearchState(
         stp=stp, stx=stx, fx=fx, gx=gx, sty=sty, fy=fy, gy=gy, stmin=stmin, stmax=stmax,
-        stpmax=s.stpmax, width=width, width1=width1, finit=s.finit, ginit=s.ginit, brackt=brackt,
+        stpmin=s.stpmin, stpmax=s.stpmax, width=width, width1=width1, finit=s.finit, ginit=s.ginit, brackt=brackt,
         stage2=stage2, task=task, nfev=s.nfev + 1, nonfinite=s.nonfinite,
     )
     # A non-finite trial: keep the bracket, halve towards the best step, forbid longer steps.

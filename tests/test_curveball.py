@@ -1,0 +1,519 @@
+"""Tests for jaxsecond.curveball (Henriques et al. 2019)."""
+
+import importlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.optimize
+from jax.flatten_util import ravel_pytree
+
+import jaxsecond as js
+# `jaxsecond.curveball` the function shadows the module of the same name on the package.
+cb = importlib.import_module("jaxsecond.curveball")
+
+# ---------------------------------------------------------------------------------------------
+# Small problems
+# ---------------------------------------------------------------------------------------------
+
+
+def _mlp_problem(dtype=jnp.float64, seed=0):
+    """A 3-4-(3+2) network whose outputs are a pytree; softmax cross-entropy plus squared error."""
+    rng = np.random.default_rng(seed)
+    params = {
+        "w1": jnp.asarray(rng.normal(size=(3, 4)), dtype),
+        "b1": jnp.asarray(rng.normal(size=4), dtype),
+        "w2": jnp.asarray(rng.normal(size=(4, 5)), dtype),
+    }
+    x = jnp.asarray(rng.normal(size=(6, 3)), dtype)
+    labels = jnp.asarray(rng.integers(0, 3, size=6))
+    targets = jnp.asarray(rng.normal(size=(6, 2)), dtype)
+
+    def predict_fn(p, x=x):
+        h = jnp.tanh(x @ p["w1"] + p["b1"])
+        out = h @ p["w2"]
+        return {"logits": out[:, :3], "regression": (out[:, 3:],)}
+
+    def loss_fn(outputs, labels=labels, targets=targets):
+        ce = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels).mean()
+        mse = jnp.mean((outputs["regression"][0] - targets) ** 2)
+        return ce + mse
+
+    return params, predict_fn, loss_fn
+
+
+def _quadratic(n=6, seed=0, dtype=jnp.float64):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    a = q @ np.diag(np.linspace(1.0, 20.0, n)) @ q.T
+    b = rng.normal(size=n)
+    a_j, b_j = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+    return (lambda w: 0.5 * w @ a_j @ w - b_j @ w), np.linalg.solve(a, b)
+
+
+def _explicit_ggn(params, predict_fn, loss_fn):
+    flat, unravel = ravel_pytree(params)
+    out_flat, out_unravel = ravel_pytree(predict_fn(params))
+    jac = jax.jit(jax.jacfwd(lambda v: ravel_pytree(predict_fn(unravel(v)))[0]))(flat)
+    h_l = jax.jit(jax.hessian(lambda o: loss_fn(out_unravel(o))))(out_flat)
+    return np.asarray(jac.T @ h_l @ jac), unravel
+
+
+def _update(opt, grads, state, params, predict_fn, loss_fn):
+    """opt.update under jit (eager dispatch of every primitive is slow on a shared CPU)."""
+    fn = jax.jit(lambda g, s, p: opt.update(g, s, p, predict_fn=predict_fn, loss_fn=loss_fn))
+    return fn(grads, state, params)
+
+
+def _run(opt, params, predict_fn, loss_fn, steps, fused=False):
+    @jax.jit
+    def step(params, state):
+        grads = None if fused else jax.grad(lambda p: loss_fn(predict_fn(p)))(params)
+        updates, state = opt.update(grads, state, params, predict_fn=predict_fn, loss_fn=loss_fn)
+        return optax.apply_updates(params, updates), state
+
+    state = opt.init(params)
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state
+
+
+# ---------------------------------------------------------------------------------------------
+# Curvature products
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ggn_vector_product_matches_explicit_matrix():
+    params, predict_fn, loss_fn = _mlp_problem()
+    ggn, unravel = _explicit_ggn(params, predict_fn, loss_fn)
+    v = np.random.default_rng(1).normal(size=ggn.shape[0])
+    got = jax.jit(cb.ggn_vector_product, static_argnums=(0, 1))(
+        predict_fn, loss_fn, params, unravel(jnp.asarray(v))
+    )
+    np.testing.assert_allclose(ravel_pytree(got)[0], ggn @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_hessian_vector_product_matches_jax_hessian():
+    params, predict_fn, loss_fn = _mlp_problem()
+    flat, unravel = ravel_pytree(params)
+    hess = jax.jit(jax.hessian(lambda v: loss_fn(predict_fn(unravel(v)))))(flat)
+    v = np.random.default_rng(2).normal(size=flat.shape[0])
+    got = jax.jit(cb.hessian_vector_product, static_argnums=0)(
+        lambda p: loss_fn(predict_fn(p)), params, unravel(jnp.asarray(v))
+    )
+    np.testing.assert_allclose(ravel_pytree(got)[0], hess @ v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "hessian"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_update_applies_the_damped_newton_system(curvature, fused):
+    # With rho = 0 and beta = 1 the update is -delta_z = -((H + lambda I) z + grad f).
+    params, predict_fn, loss_fn = _mlp_problem()
+    flat, unravel = ravel_pytree(params)
+    if curvature == "ggn":
+        curv, _ = _explicit_ggn(params, predict_fn, loss_fn)
+    else:
+        curv = np.asarray(jax.jit(jax.hessian(lambda v: loss_fn(predict_fn(unravel(v)))))(flat))
+    grad = np.asarray(jax.jit(jax.grad(lambda v: loss_fn(predict_fn(unravel(v)))))(flat))
+    lam = 0.3
+    z = np.random.default_rng(3).normal(size=flat.shape[0])
+    opt = js.curveball(
+        learning_rate=1.0, momentum=0.0, damping=lam, adaptive_damping=False, curvature=curvature
+    )
+    state = opt.init(params)._replace(z=unravel(jnp.asarray(z)))
+    grads = None if fused else unravel(jnp.asarray(grad))
+    update = jax.jit(lambda g, s, p: opt.update(g, s, p, predict_fn=predict_fn, loss_fn=loss_fn))
+    updates, _ = update(grads, state, params)
+    expected = -(curv @ z + lam * z + grad)
+    np.testing.assert_allclose(ravel_pytree(updates)[0], expected, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# The 2x2 solve and the damping rule
+# ---------------------------------------------------------------------------------------------
+
+
+def _coefficients(h, z, dz, g, lam):
+    hl = h + lam * np.eye(len(z))
+    return dz @ hl @ dz, z @ hl @ dz, z @ hl @ z, g @ dz, g @ z
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_solve_rho_beta_minimises_the_quadratic_model(seed):
+    rng = np.random.default_rng(seed)
+    n = 5
+    m = rng.normal(size=(n, n))
+    h, z, dz, g, lam = m @ m.T, rng.normal(size=n), rng.normal(size=n), rng.normal(size=n), 0.7
+    hl = h + lam * np.eye(n)
+
+    def model(x):
+        step = x[0] * z - x[1] * dz
+        return g @ step + 0.5 * step @ hl @ step
+
+    coeffs = _coefficients(h, z, dz, g, lam)
+    rho, beta = cb.solve_rho_beta(*coeffs)
+    brute = scipy.optimize.minimize(model, np.zeros(2), method="BFGS", options={"gtol": 1e-12}).x
+    np.testing.assert_allclose([rho, beta], brute, rtol=1e-6, atol=1e-8)
+    change = cb.quadratic_model_change(*coeffs, rho, beta)
+    np.testing.assert_allclose(change, model(brute), rtol=1e-8)
+    # At the optimum, the paper's -1/2 [beta, -rho] . [b1, b2] is the same number.
+    np.testing.assert_allclose(change, -0.5 * (beta * coeffs[3] - rho * coeffs[4]), rtol=1e-8)
+
+
+def test_solve_rho_beta_singular_first_step_is_the_line_minimiser():
+    rng = np.random.default_rng(4)
+    m = rng.normal(size=(4, 4))
+    h, g, lam = m @ m.T, rng.normal(size=4), 2.0
+    z = np.zeros(4)
+    coeffs = _coefficients(h, z, g, g, lam)  # first step: z = 0, delta_z = grad
+    rho, beta = cb.solve_rho_beta(*coeffs)
+    line = scipy.optimize.minimize_scalar(
+        lambda b: -b * g @ g + 0.5 * b**2 * g @ (h + lam * np.eye(4)) @ g
+    ).x
+    assert float(rho) == 0.0
+    np.testing.assert_allclose(beta, line, rtol=1e-8)
+    # and agrees with the SVD pseudo-inverse on the singular system
+    a = np.array([[coeffs[0], coeffs[1]], [coeffs[1], coeffs[2]]])
+    np.testing.assert_allclose([beta, -rho], np.linalg.pinv(a) @ coeffs[3:], rtol=1e-10)
+
+
+def test_solve_rho_beta_parallel_directions_and_zero_system():
+    # z parallel to delta_z: a rank-one system; the step reaches the line minimum.
+    rng = np.random.default_rng(6)
+    m = rng.normal(size=(4, 4))
+    h, dz, g, lam = m @ m.T, rng.normal(size=4), rng.normal(size=4), 0.5
+    z = -3.0 * dz
+    coeffs = _coefficients(h, z, dz, g, lam)
+    rho, beta = cb.solve_rho_beta(*coeffs)
+    hl = h + lam * np.eye(4)
+    line_best = -0.5 * (g @ dz) ** 2 / (dz @ hl @ dz)
+    step = float(rho) * z - float(beta) * dz
+    np.testing.assert_allclose(g @ step + 0.5 * step @ hl @ step, line_best, rtol=1e-10)
+    rho, beta = cb.solve_rho_beta(0.0, 0.0, 0.0, 0.0, 0.0)
+    assert float(rho) == 0.0 and float(beta) == 0.0
+
+
+def test_solve_rho_beta_keeps_a_well_determined_small_direction_in_float32():
+    # a11 >> a22 with z, delta_z far from parallel: an unscaled pseudo-inverse in float32 would
+    # drop the z direction (rho = 0); the scaled solve recovers the float64 answer.
+    coeffs = (3.0e7, 1.0e3, 0.05, 10.0, -0.3)
+    rho64, beta64 = cb.solve_rho_beta(*coeffs)
+    rho32, beta32 = cb.solve_rho_beta(*(np.float32(c) for c in coeffs))
+    assert rho32.dtype == jnp.float32
+    np.testing.assert_allclose([rho32, beta32], [rho64, beta64], rtol=1e-4)
+    assert abs(float(rho32)) > 1.0
+
+
+def test_adapt_damping_rule():
+    f = 0.999**5
+    np.testing.assert_allclose(cb.adapt_damping(10.0, 0.2), 10.0 / f)
+    np.testing.assert_allclose(cb.adapt_damping(10.0, 1.0), 10.0)
+    np.testing.assert_allclose(cb.adapt_damping(10.0, 2.0), 10.0 * f)
+    np.testing.assert_allclose(cb.adapt_damping(10.0, jnp.nan), 10.0)
+    assert float(cb.trust_ratio(-1.0, -2.0)) == 0.5
+    assert float(cb.trust_ratio(1.0, 0.0)) == -np.inf
+    assert float(cb.trust_ratio(0.0, 0.0)) == 1.0
+
+
+def test_damping_rises_after_a_badly_predicted_step():
+    # Pseudo-Huber loss far from its minimum: almost no curvature, so with little damping the
+    # model predicts a huge decrease and the step overshoots; the ratio is negative.
+    loss_fn = lambda o: jnp.sum(jnp.sqrt(1.0 + o**2))  # noqa: E731
+    opt = js.curveball(damping=1e-3)
+    params = jnp.array([10.0])
+    _, state = _run(opt, params, lambda w: w, loss_fn, steps=1)
+    assert float(state.ratio) < 0.5
+    np.testing.assert_allclose(state.damping, 1e-3 / 0.999**5)
+
+
+def test_damping_falls_after_a_well_predicted_step():
+    # On a quadratic the damped model over-estimates the curvature (ratio = 2 - 1/(1+lambda)).
+    fun, _ = _quadratic(n=1)
+    opt = js.curveball(damping=10.0)
+    _, state = _run(opt, jnp.array([3.0]), lambda w: w, fun, steps=1)
+    assert float(state.ratio) > 1.5
+    np.testing.assert_allclose(state.damping, 10.0 * 0.999**5)
+
+
+def test_damping_adapts_only_every_interval():
+    fun, _ = _quadratic()
+    opt = js.curveball(damping=10.0, damping_interval=3)
+    _, state = _run(opt, jnp.zeros(6), lambda w: w, fun, steps=4)  # adapts at counts 0 and 3
+    assert int(state.count) == 4
+    # two adaptations happened: lambda moved by factor**3 twice or not at all, nothing else
+    exponent = np.log(float(state.damping) / 10.0) / np.log(0.999**3)
+    assert min(abs(exponent - k) for k in (-2, 0, 2)) < 1e-6
+    _, state_off = _run(
+        js.curveball(damping=10.0, adaptive_damping=False), jnp.zeros(6), lambda w: w, fun, 4
+    )
+    assert float(state_off.damping) == 10.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Convergence
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "hessian"])
+def test_converges_to_the_minimiser_of_a_convex_quadratic(curvature):
+    fun, w_star = _quadratic()
+    opt = js.curveball(damping=1.0, curvature=curvature)
+    params, state = _run(opt, jnp.zeros(6), lambda w: w, fun, steps=150)
+    np.testing.assert_allclose(params, w_star, rtol=0, atol=1e-9)
+    assert int(state.total_notfinite) == 0
+
+
+@pytest.mark.parametrize(
+    "learning_rate, momentum, atol", [(None, 0.5, 1e-5), (0.05, None, 1e-5), (0.01, 0.9, 1e-4)]
+)
+def test_fixed_rho_or_beta(learning_rate, momentum, atol):
+    fun, w_star = _quadratic()
+    opt = js.curveball(learning_rate=learning_rate, momentum=momentum, damping=1.0)
+    params, state = _run(opt, jnp.zeros(6), lambda w: w, fun, steps=150)
+    if momentum is not None:
+        assert float(state.rho) == momentum
+    if learning_rate is not None:
+        assert float(state.beta) == learning_rate
+    np.testing.assert_allclose(params, w_star, atol=atol)
+
+
+def test_least_squares_through_a_model_converges():
+    # Gauss-Newton curvature of a linear model with squared error is the exact Hessian.
+    rng = np.random.default_rng(5)
+    x, y = jnp.asarray(rng.normal(size=(20, 4))), jnp.asarray(rng.normal(size=20))
+    w_star = np.linalg.lstsq(np.asarray(x), np.asarray(y), rcond=None)[0]
+    params, _ = _run(
+        js.curveball(damping=1.0),
+        {"w": jnp.zeros(4)},
+        lambda p: x @ p["w"],
+        lambda o: 0.5 * jnp.mean((o - y) ** 2),
+        steps=150,
+        fused=True,
+    )
+    np.testing.assert_allclose(params["w"], w_star, atol=1e-8)
+
+
+def test_float32_end_to_end():
+    fun, w_star = _quadratic(dtype=jnp.float32)
+    opt = js.curveball(damping=1.0)
+    params, state = _run(opt, jnp.zeros(6, jnp.float32), lambda w: w, fun, steps=100)
+    assert params.dtype == jnp.float32
+    assert state.z.dtype == jnp.float32
+    assert state.damping.dtype == jnp.float32
+    np.testing.assert_allclose(params, w_star, atol=1e-4)
+    # a float32 network too
+    params, predict_fn, loss_fn = _mlp_problem(dtype=jnp.float32)
+    loss0 = loss_fn(predict_fn(params))
+    params, state = _run(js.curveball(), params, predict_fn, loss_fn, steps=20)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    assert float(loss_fn(predict_fn(params))) < 0.5 * float(loss0)
+    assert int(state.total_notfinite) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Composition: chain, MultiSteps, jit
+# ---------------------------------------------------------------------------------------------
+
+
+def test_chain_after_clip_by_global_norm_acts_on_the_gradient():
+    params, predict_fn, loss_fn = _mlp_problem()
+    opt = optax.chain(
+        optax.clip_by_global_norm(1e-3),
+        js.curveball(learning_rate=1.0, momentum=0.0, adaptive_damping=False),
+    )
+    state = opt.init(params)
+    grads = jax.jit(jax.grad(lambda p: loss_fn(predict_fn(p))))(params)
+    updates, state = _update(opt, grads, state, params, predict_fn, loss_fn)
+    # First step: z = 0 so the update is -beta * (clipped gradient).
+    np.testing.assert_allclose(optax.tree.norm(updates), 1e-3, rtol=1e-10)
+
+
+def test_multisteps_accumulates_gradients():
+    params, predict_fn, loss_fn = _mlp_problem()
+    _, predict_b, loss_b = _mlp_problem(seed=1)  # a second batch (different x, labels)
+    rng = np.random.default_rng(7)
+    x_b = jnp.asarray(rng.normal(size=(6, 3)))
+    predict_b = lambda p: predict_fn(p, x=x_b)  # noqa: E731
+    grad = lambda pf: jax.jit(jax.grad(lambda p: loss_fn(pf(p))))(params)  # noqa: E731
+    g1, g2 = grad(predict_fn), grad(predict_b)
+
+    multi = optax.MultiSteps(js.curveball(), every_k_schedule=2)
+    state = multi.init(params)
+    u1, state = _update(multi, g1, state, params, predict_fn, loss_fn)
+    assert float(optax.tree.norm(u1)) == 0.0
+    u2, state = _update(multi, g2, state, params, predict_b, loss_fn)
+
+    single = js.curveball()
+    mean_grad = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+    expected, _ = _update(single, mean_grad, single.init(params), params, predict_b, loss_fn)
+    chex.assert_trees_all_close(u2, expected, rtol=1e-6)
+
+
+def test_jit_compiles_once():
+    params, predict_fn, loss_fn = _mlp_problem()
+    opt = js.curveball()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, state):
+        grads = jax.grad(lambda p: loss_fn(predict_fn(p)))(params)
+        updates, state = opt.update(grads, state, params, predict_fn=predict_fn, loss_fn=loss_fn)
+        return optax.apply_updates(params, updates), state
+
+    state = opt.init(params)
+    for _ in range(7):
+        params, state = step(params, state)
+    assert int(state.count) == 7
+
+
+def test_inject_hyperparams_schedules_a_fixed_step_size():
+    fun, _ = _quadratic()
+    opt = optax.inject_hyperparams(js.curveball, static_args=("damping_interval",))(
+        learning_rate=optax.linear_schedule(0.05, 0.01, 10), momentum=0.5
+    )
+    params, state = _run(opt, jnp.zeros(6), lambda w: w, fun, steps=3)
+    # the third step (schedule count 2) used beta = 0.05 - 2 * 0.004
+    np.testing.assert_allclose(state.hyperparams["learning_rate"], 0.042, rtol=1e-6)
+    np.testing.assert_allclose(state.inner_state.beta, 0.042, rtol=1e-6)
+    assert np.all(np.isfinite(params))
+
+
+def test_state_holds_one_parameter_sized_buffer():
+    params, _, _ = _mlp_problem()
+    state = js.curveball().init(params)
+    n_params = ravel_pytree(params)[0].size
+    sizes = [np.size(x) for x in jax.tree.leaves(state)]
+    assert sum(sizes) == n_params + 6
+    chex.assert_trees_all_equal_structs(state.z, params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite values and checkpointing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_nonfinite_loss_skips_the_step_and_keeps_the_state_finite():
+    params, predict_fn, loss_fn = _mlp_problem()
+    opt = js.curveball()
+    params, state = _run(opt, params, predict_fn, loss_fn, steps=3)
+    assert float(optax.tree.norm(state.z)) > 0
+
+    bad_predict = lambda p: predict_fn(p, x=jnp.full((6, 3), jnp.nan))  # noqa: E731
+    bad_grads = jax.jit(jax.grad(lambda p: loss_fn(bad_predict(p))))(params)
+    updates, bad_state = _update(opt, bad_grads, state, params, bad_predict, loss_fn)
+    assert float(optax.tree.norm(updates)) == 0.0
+    assert float(optax.tree.norm(bad_state.z)) == 0.0
+    assert int(bad_state.total_notfinite) == 1
+    assert int(bad_state.count) == int(state.count)
+    assert float(bad_state.damping) == float(state.damping)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(bad_state))
+
+    # The next finite batch proceeds from a gradient step.
+    grads = jax.jit(jax.grad(lambda p: loss_fn(predict_fn(p))))(params)
+    updates, good_state = _update(opt, grads, bad_state, params, predict_fn, loss_fn)
+    assert float(optax.tree.norm(updates)) > 0
+    assert float(good_state.rho) == 0.0
+    assert int(good_state.count) == int(state.count) + 1
+
+
+def test_nonfinite_trial_loss_rejects_the_step_and_grows_damping():
+    # A log barrier: the first (undamped) step jumps outside the domain where the loss is inf.
+    loss_fn = lambda o: jnp.sum(-jnp.log(1.0 - o**2) + 5.0 * o)  # noqa: E731
+    opt = js.curveball(damping=1e-6)
+    params = jnp.array([0.0])
+    grads = jax.grad(loss_fn)(params)
+    updates, state = _update(opt, grads, opt.init(params), params, lambda w: w, loss_fn)
+    assert float(updates[0]) == 0.0
+    assert int(state.total_notfinite) == 1 and int(state.count) == 0
+    assert float(state.damping) > 1e-6
+
+
+def test_checkpoint_as_numpy_and_resume_gives_identical_trajectory():
+    params, predict_fn, loss_fn = _mlp_problem()
+    opt = js.curveball()
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(lambda p: loss_fn(predict_fn(p)))(params)
+        updates, state = opt.update(grads, state, params, predict_fn=predict_fn, loss_fn=loss_fn)
+        return optax.apply_updates(params, updates), state
+
+    p, s = params, opt.init(params)
+    for _ in range(12):
+        p, s = step(p, s)
+    reference = (p, s)
+
+    p, s = params, opt.init(params)
+    for _ in range(6):
+        p, s = step(p, s)
+    saved = jax.tree.map(np.asarray, (p, s))  # e.g. np.savez / pickle of these arrays
+    p, s = jax.tree.map(jnp.asarray, saved)
+    assert isinstance(s, js.CurveBallState)
+    for _ in range(6):
+        p, s = step(p, s)
+    chex.assert_trees_all_equal(reference, (p, s))
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument validation and third-party models
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        ({"curvature": "fisher"}, ValueError, "curvature"),
+        ({"damping": -1.0}, ValueError, "damping"),
+        ({"damping": 0.0}, ValueError, "damping"),
+        ({"damping_factor": 1.5}, ValueError, "damping_factor"),
+        ({"damping_interval": 0}, ValueError, "damping_interval"),
+        ({"damping_interval": 2.5}, TypeError, "damping_interval"),
+        ({"damping_low": 2.0, "damping_high": 1.0}, ValueError, "damping_low"),
+        ({"learning_rate": "fast"}, TypeError, "learning_rate"),
+        ({"adaptive_damping": 1}, TypeError, "adaptive_damping"),
+    ],
+)
+def test_invalid_options_raise(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        js.curveball(**kwargs)
+
+
+def test_update_requires_predict_and_loss_functions():
+    params, predict_fn, _ = _mlp_problem()
+    opt = js.curveball()
+    state = opt.init(params)
+    with pytest.raises(TypeError, match="loss_fn"):
+        opt.update(params, state, params, predict_fn=predict_fn)
+    with pytest.raises(TypeError, match="predict_fn"):
+        opt.update(params, state, params, loss_fn=lambda o: 0.0)
+    with pytest.raises(ValueError, match="params"):
+        opt.update(params, state, None, predict_fn=predict_fn, loss_fn=lambda o: 0.0)
+
+
+def test_equinox_model_if_installed():
+    eqx = pytest.importorskip("equinox")
+    model = eqx.nn.MLP(3, 2, 8, 1, key=jax.random.PRNGKey(0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 3)))
+    y = jnp.sin(x[:, :2])
+    predict_fn = lambda p: jax.vmap(eqx.combine(p, static))(x)  # noqa: E731
+    loss_fn = lambda o: jnp.mean((o - y) ** 2)  # noqa: E731
+    loss0 = loss_fn(predict_fn(params))
+    params, state = _run(js.curveball(), params, predict_fn, loss_fn, steps=20)
+    assert float(loss_fn(predict_fn(params))) < float(loss0)
+
+
+def test_flax_model_if_installed():
+    nn = pytest.importorskip("flax.linen")
+    model = nn.Sequential([nn.Dense(8), nn.tanh, nn.Dense(2)])
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 3)))
+    y = jnp.sin(x[:, :2])
+    params = model.init(jax.random.PRNGKey(0), x)
+    predict_fn = lambda p: model.apply(p, x)  # noqa: E731
+    loss_fn = lambda o: jnp.mean((o - y) ** 2)  # noqa: E731
+    loss0 = loss_fn(predict_fn(params))
+    params, state = _run(js.curveball(), params, predict_fn, loss_fn, steps=20)
+    assert float(loss_fn(predict_fn(params))) < float(loss0)

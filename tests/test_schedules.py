@@ -1,0 +1,133 @@
+"""js.schedules against PyTorch's schedulers (golden files), under jit with a traced step."""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxsecond as js
+
+GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "golden", "schedules.npz"))
+NAMES = sorted(k[len("config_"):] for k in GOLDEN.files if k.startswith("config_"))
+
+
+# The custom CyclicLR scale functions of tests/golden/make_golden.py, in jnp.
+SCALE_FNS = {"inverse": lambda x: 1.0 / (1.0 + x), "decay": lambda x: 0.98**x}
+
+
+def _schedules(spec):
+  """(lr schedule, momentum schedule or None) for a torch scheduler spec."""
+  kwargs = spec["kwargs"]
+  if spec["name"] == "CyclicLR":
+    custom = {}
+    if "scale_fn" in spec:
+      custom = dict(scale_fn=SCALE_FNS[spec["scale_fn"]], scale_mode=kwargs["scale_mode"])
+    lr = js.schedules.cyclic(
+        kwargs["base_lr"], kwargs["max_lr"], kwargs["step_size_up"], kwargs.get("step_size_down"),
+        mode=kwargs.get("mode", "triangular"), gamma=kwargs.get("gamma", 1.0), **custom)
+    return lr, None
+  if spec["name"] == "OneCycleLR":
+    common = dict(pct_start=kwargs["pct_start"], anneal_strategy=kwargs.get("anneal_strategy", "cos"),
+                  three_phase=kwargs.get("three_phase", False))
+    lr = js.schedules.one_cycle(kwargs["total_steps"], kwargs["max_lr"],
+                                div_factor=kwargs.get("div_factor", 25.0),
+                                final_div_factor=kwargs.get("final_div_factor", 1e4), **common)
+    momentum = js.schedules.one_cycle_momentum(
+        kwargs["total_steps"], base_momentum=kwargs.get("base_momentum", 0.85),
+        max_momentum=kwargs.get("max_momentum", 0.95), **common)
+    return lr, momentum
+  assert spec["name"] == "CosineAnnealingWarmRestarts"
+  return js.schedules.cosine_warm_restarts(
+      1.0, kwargs["T_0"], t_mult=kwargs["T_mult"], eta_min=kwargs["eta_min"]), None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_schedule_matches_torch_at_every_step_with_traced_step(name):
+  spec = json.loads(str(GOLDEN[f"config_{name}"]))
+  lr, momentum = _schedules(spec)
+  steps = jnp.arange(spec["steps"] + 1, dtype=jnp.int32)
+  got = jax.jit(jax.vmap(lr))(steps)
+  assert got.dtype == jnp.float64
+  np.testing.assert_allclose(got, GOLDEN[f"{name}_lr"], rtol=1e-10, atol=1e-15)
+  if momentum is not None:
+    np.testing.assert_allclose(jax.jit(jax.vmap(momentum))(steps), GOLDEN[f"{name}_momentum"],
+                               rtol=1e-10)
+
+
+def test_golden_files_cover_several_cycles():
+  """The SGDR and CLR cases span several restarts/cycles (so boundaries are exercised)."""
+  for name in ("sgdr_t_mult_2", "sgdr_t_mult_3", "cyclic_triangular", "cyclic_triangular2"):
+    lrs = GOLDEN[f"{name}_lr"]
+    rises = np.sum(np.diff(np.sign(np.diff(lrs))) > 0)
+    assert rises >= 3, name
+
+
+def test_python_int_step_and_no_retrace():
+  schedule = js.schedules.cosine_warm_restarts(0.1, t_0=4, t_mult=2)
+  # Period starts 0, 4, 12, 28: step 12 is a restart.
+  np.testing.assert_allclose(schedule(12), 0.1)
+  np.testing.assert_allclose(schedule(11), 0.05 * (1 + np.cos(np.pi * 7 / 8)))
+  traced = jax.jit(chex.assert_max_traces(schedule, n=1))
+  for step in range(30):
+    traced(jnp.int32(step))
+
+
+def test_one_cycle_beyond_total_steps_holds_final_value():
+  schedule = js.schedules.one_cycle(100, 1.0, div_factor=10.0, final_div_factor=100.0)
+  np.testing.assert_allclose(schedule(101), 1e-3)
+  np.testing.assert_allclose(schedule(10_000), 1e-3)
+
+
+@pytest.mark.parametrize("schedule", [
+    js.schedules.cyclic(0.1, 1.0, 4, mode="exp_range", gamma=0.9),
+    js.schedules.one_cycle(20, 0.1),
+    js.schedules.one_cycle_momentum(20, three_phase=True),
+    js.schedules.cosine_warm_restarts(0.1, 3, t_mult=2),
+])
+def test_values_adopt_float32_parameters_dtype(schedule):
+  """Weakly typed values: float32 updates stay float32, also through inject_hyperparams."""
+  params = jnp.ones(3, jnp.float32)
+  assert (jax.jit(schedule)(jnp.int32(5)) * params).dtype == jnp.float32
+  opt = optax.inject_hyperparams(js.adamw)(learning_rate=schedule, amsgrad=True)
+  updates, _ = jax.jit(opt.update)(params, opt.init(params), params)
+  assert updates.dtype == jnp.float32
+
+
+def test_float32_mode():
+  schedule = js.schedules.cyclic(0.1, 1.0, 4)
+  with jax.enable_x64(False):
+    value = jax.jit(schedule)(jnp.int32(2))
+  assert value.dtype == jnp.float32
+  np.testing.assert_allclose(value, 0.55, rtol=1e-6)
+
+
+@pytest.mark.parametrize("factory, kwargs, message", [
+    (js.schedules.cyclic, dict(base_value=0.1, max_value=1.0, step_size_up=0), "step_size_up"),
+    (js.schedules.cyclic, dict(base_value=0.1, max_value=1.0, step_size_up=3, step_size_down=-1),
+     "step_size_down"),
+    (js.schedules.cyclic, dict(base_value=1.0, max_value=0.1, step_size_up=3), "max_value"),
+    (js.schedules.cyclic, dict(base_value=0.1, max_value=1.0, step_size_up=3, mode="saw"), "mode"),
+    (js.schedules.cyclic, dict(base_value=0.1, max_value=1.0, step_size_up=3, mode="exp_range",
+                               gamma=0.0), "gamma"),
+    (js.schedules.one_cycle, dict(total_steps=100, max_value=0.1, pct_start=0.0), "pct_start"),
+    (js.schedules.one_cycle, dict(total_steps=100, max_value=0.1, pct_start=1.0), "pct_start"),
+    (js.schedules.one_cycle, dict(total_steps=0, max_value=0.1), "total_steps"),
+    (js.schedules.one_cycle, dict(total_steps=100, max_value=0.1, anneal_strategy="exp"),
+     "anneal_strategy"),
+    (js.schedules.one_cycle, dict(total_steps=10, max_value=0.1, pct_start=0.1), "pct_start"),
+    (js.schedules.one_cycle, dict(total_steps=100, max_value=0.1, pct_start=0.6, three_phase=True),
+     "pct_start"),
+    (js.schedules.one_cycle_momentum, dict(total_steps=100, base_momentum=0.95, max_momentum=0.85),
+     "max_momentum"),
+    (js.schedules.cosine_warm_restarts, dict(base_value=0.1, t_0=0), "t_0"),
+    (js.schedules.cosine_warm_restarts, dict(base_value=0.1, t_0=5, t_mult=0), "t_mult"),
+    (js.schedules.cosine_warm_restarts, dict(base_value=0.1, t_0=2.5), "t_0"),
+])
+def test_invalid_arguments_are_clear_errors(factory, kwargs, message):
+  with pytest.raises((ValueError, TypeError), match=message):
+    factory(**kwargs)

@@ -1,0 +1,187 @@
+"""js.adamw / js.amsgrad against PyTorch golden trajectories; js.heun against its closed form."""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxsecond as js
+
+GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "golden", "adam.npz"))
+CASES = sorted(k[len("config_"):] for k in GOLDEN.files if k.startswith("config_"))
+
+
+def _loss(params, x, y):
+  return jnp.mean((jnp.tanh(x @ params["w1"]) @ params["w2"] - y) ** 2)
+
+
+def _optimizer(config):
+  scheduler = config.get("scheduler")
+  lr = config["lr"]
+  kwargs = dict(weight_decay=config["weight_decay"], amsgrad=config["amsgrad"])
+  if config.get("decay_only_first"):
+    kwargs["mask"] = {"w1": True, "w2": False}
+  if config.get("adam"):
+    assert config["weight_decay"] == 0.0 and config["amsgrad"]
+    return js.amsgrad(lr)
+  if scheduler is None:
+    return js.adamw(lr, **kwargs)
+  if scheduler["name"] == "ExponentialLR":
+    # optax's own schedules compute in float32 at the int32 step count; this one in float64.
+    gamma = scheduler["gamma"]
+    return js.adamw(lambda t: lr * gamma ** jnp.asarray(t, jnp.float64), **kwargs)
+  assert scheduler["name"] == "OneCycleLR"
+  # torch's OneCycleLR also cycles betas[0]; inject b1 the same way.
+  total = scheduler["total_steps"]
+  return optax.inject_hyperparams(js.adamw)(
+      learning_rate=js.schedules.one_cycle(total, scheduler["max_lr"], scheduler["pct_start"]),
+      b1=js.schedules.one_cycle_momentum(total, scheduler["pct_start"]), **kwargs)
+
+
+def _trajectory(opt, num_steps, dtype=jnp.float64):
+  x, y = (jnp.asarray(GOLDEN[k], dtype) for k in ("x", "y"))
+  params = {"w1": jnp.asarray(GOLDEN["w1"], dtype), "w2": jnp.asarray(GOLDEN["w2"], dtype)}
+
+  def step(carry, _):
+    params, state = carry
+    grads = jax.grad(_loss)(params, x, y)
+    updates, state = opt.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    flat = jnp.concatenate([params["w1"].ravel(), params["w2"].ravel()])
+    return (params, state), flat
+
+  (_, _), flats = jax.lax.scan(step, (params, opt.init(params)), None, length=num_steps)
+  return flats
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_adamw_matches_torch_step_for_step(case):
+  config = json.loads(str(GOLDEN[f"config_{case}"]))
+  expected = GOLDEN[case]
+  got = _trajectory(_optimizer(config), expected.shape[0], jnp.dtype(config["dtype"]))
+  assert got.dtype == jnp.dtype(config["dtype"])
+  rtol = 1e-6 if config["dtype"] == "float64" else 1e-3  # float32: 300 steps of rounding
+  scale = np.maximum(np.abs(expected), 1e-3)
+  np.testing.assert_array_less(np.abs(np.asarray(got, np.float64) - expected) / scale, rtol)
+
+
+def test_golden_amsgrad_differs_from_optax_amsgrad_and_from_adam():
+  """The AMSGrad golden case is sensitive to where the maximum is taken (the test can fail)."""
+  config = json.loads(str(GOLDEN["config_adam_amsgrad"]))
+  expected = GOLDEN["adam_amsgrad"]
+  for other in (optax.amsgrad(config["lr"]), optax.adam(config["lr"])):
+    got = _trajectory(other, expected.shape[0])
+    assert np.max(np.abs(got[-1] - expected[-1])) > 1e-5
+
+
+def test_adamw_decay_uses_scheduled_learning_rate():
+  """With zero gradients the only change is p <- p * (1 - lr_t * weight_decay)."""
+  schedule = lambda t: 0.5 - 0.1 * jnp.asarray(t, jnp.float64)
+  opt = js.adamw(schedule, weight_decay=0.2, amsgrad=True)
+  params = jnp.array([1.0, -2.0])
+  state = opt.init(params)
+  expected = params
+  update = jax.jit(opt.update)
+  for t in range(4):
+    updates, state = update(jnp.zeros(2), state, params)
+    params = optax.apply_updates(params, updates)
+    expected = expected * (1 - schedule(t) * 0.2)
+  np.testing.assert_allclose(params, expected, rtol=1e-14)
+
+
+def test_mask_callable_and_float32_dtypes():
+  params = {"w": jnp.ones((2, 2), jnp.float32), "b": jnp.ones(2, jnp.float32)}
+  opt = js.adamw(1e-1, weight_decay=0.5, mask=lambda p: {"w": True, "b": False})
+  state = opt.init(params)
+  updates, state = jax.jit(opt.update)(jax.tree.map(jnp.zeros_like, params), state, params)
+  assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(updates))
+  np.testing.assert_allclose(updates["w"], -0.05 * np.ones((2, 2)), rtol=1e-6)
+  np.testing.assert_allclose(updates["b"], np.zeros(2))
+
+
+def test_momentum_cycling_through_inject_hyperparams_sets_b1_and_sgd_momentum():
+  total = 50
+  momentum = js.schedules.one_cycle_momentum(total)
+  for opt in (optax.inject_hyperparams(js.adamw)(learning_rate=1e-2, b1=momentum),
+              optax.inject_hyperparams(optax.sgd)(learning_rate=1e-2, momentum=momentum)):
+    params = jnp.ones(3)
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    seen = []
+    for _ in range(total):
+      updates, state = update(jnp.ones(3), state, params)
+      seen.append(float(state.hyperparams["b1" if "b1" in state.hyperparams else "momentum"]))
+      params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(seen, [momentum(t) for t in range(total)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("inner", ["sgd", "adamw"])
+def test_multisteps_gradient_accumulation_equals_big_batch(inner):
+  """k micro-batches through optax.MultiSteps equal one step on the k-times larger batch."""
+  rng = np.random.default_rng(1)
+  x, y, k = jnp.asarray(rng.normal(size=(24, 3))), jnp.asarray(rng.normal(size=24)), 4
+  loss = lambda w, xb, yb: jnp.mean((xb @ w - yb) ** 2)
+  make = (lambda: optax.sgd(0.1)) if inner == "sgd" else (lambda: js.adamw(0.1, weight_decay=0.1))
+  accumulated = optax.MultiSteps(make(), every_k_schedule=k, accumulator_dtype=jnp.float64)
+  w_acc, w_big = jnp.array([0.3, -0.2, 0.1]), jnp.array([0.3, -0.2, 0.1])
+  state_acc, big = accumulated.init(w_acc), make()
+  state_big = big.init(w_big)
+
+  def step(opt_update, w, state, xb, yb):
+    updates, state = opt_update(jax.grad(loss)(w, xb, yb), state, w)
+    return optax.apply_updates(w, updates), state
+
+  step = jax.jit(step, static_argnums=0)
+  for _ in range(3):
+    for xb, yb in zip(jnp.split(x, k), jnp.split(y, k)):
+      w_acc, state_acc = step(accumulated.update, w_acc, state_acc, xb, yb)
+    w_big, state_big = step(big.update, w_big, state_big, x, y)
+  assert w_acc.dtype == jnp.float64
+  np.testing.assert_allclose(w_acc, w_big, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(learning_rate="fast"), "learning_rate"),
+    (dict(learning_rate=1e-3, b1=1.0), "b1"),
+    (dict(learning_rate=1e-3, b2=-0.1, amsgrad=True), "b2"),
+    (dict(learning_rate=1e-3, eps=-1.0), "eps"),
+    (dict(learning_rate=1e-3, weight_decay=-0.1), "weight_decay"),
+])
+def test_adamw_rejects_invalid_arguments(kwargs, message):
+  with pytest.raises((ValueError, TypeError), match=message):
+    js.adamw(**kwargs)
+
+
+def test_heun_matches_closed_form_on_quadratic():
+  """On f = x^T A x / 2 a Heun step is x <- (I - lr A + lr^2 A^2 / 2) x exactly."""
+  a = jnp.array([[3.0, 1.0], [1.0, 2.0]])
+  grad_fn = jax.grad(lambda x: 0.5 * x @ a @ x)
+  lr, steps = 0.2, 25
+  opt = js.heun(lr)
+  x = x0 = jnp.array([1.0, -1.5])
+  state = opt.init(x)
+  update = jax.jit(lambda g, s, p: opt.update(g, s, p, grad_fn=grad_fn))
+  for _ in range(steps):
+    updates, state = update(grad_fn(x), state, x)
+    x = optax.apply_updates(x, updates)
+  step_matrix = np.eye(2) - lr * a + 0.5 * lr**2 * a @ a
+  np.testing.assert_allclose(x, np.linalg.matrix_power(step_matrix, steps) @ x0, rtol=1e-12)
+
+
+def test_heun_in_chain_with_schedule_and_errors():
+  schedule = lambda t: 0.1 * (1.0 - jnp.asarray(t, jnp.float64) / 10)
+  grad_fn = jax.grad(lambda p: jnp.sum(p["x"] ** 2))
+  opt = optax.chain(optax.clip_by_global_norm(10.0), js.heun(schedule))
+  params = {"x": jnp.array([1.0])}
+  state = opt.init(params)
+  updates, state = opt.update(grad_fn(params), state, params, grad_fn=grad_fn)
+  # f = x^2: g1 = 2, trial = 1 - 0.2 = 0.8, g2 = 1.6, update = -0.05 * 3.6.
+  chex.assert_trees_all_close(updates, {"x": jnp.array([-0.18])}, rtol=1e-12)
+  with pytest.raises(ValueError, match="grad_fn"):
+    js.heun(0.1).update(params, js.heun(0.1).init(params), params)
