@@ -3,8 +3,10 @@
 This module is the front end: argument validation (at call time, naming pytree paths), the method
 table with each method's options and scipy defaults, the result type, and the compile cache (one
 ``jax.jit`` keyed on the objective and the static options, so repeated calls with the same function
-and shapes do not compile again). The solvers themselves live in :mod:`jaxsecond.quasi_newton`
-(directions and memory) and :mod:`jaxsecond.descent` (the shared loop).
+and shapes do not compile again). The solvers themselves live in :mod:`jaxsecond.quasi_newton`,
+:mod:`jaxsecond.conjugate_gradient` and :mod:`jaxsecond.newton` (directions and memory),
+:mod:`jaxsecond.descent` (the shared line-search loop) and :mod:`jaxsecond.trust_region` (trust-ncg's
+loop); :mod:`jaxsecond.implicit_diff` makes the solution differentiable in ``args``.
 """
 
 import functools
@@ -111,20 +113,30 @@ def minimize(fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, 
         floating arrays; mixed shapes and float32/float64 are fine (the solve runs in the promoted
         dtype). Projected into the box when ``bounds`` are given.
       args: extra arguments passed to ``fun`` (and ``jac``); may be traced (``jit``/``vmap``).
-      method: ``"l-bfgs"`` (alias ``"lbfgs"``) or ``"l-bfgs-b"``, case-insensitive. Default:
-        ``"l-bfgs-b"`` when ``bounds`` is given, else ``"l-bfgs"``.
+      method: case-insensitive: ``"l-bfgs"`` (alias ``"lbfgs"``), ``"l-bfgs-b"``, ``"bfgs"`` (dense
+        inverse Hessian), ``"cg"`` (Polak–Ribière+), ``"newton"`` (exact Hessian of the flattened
+        ``x``, modified Cholesky; O(n^2) memory, at most 20000 variables), ``"newton-cg"`` (truncated
+        Newton) or ``"trust-ncg"`` (Steihaug–Toint trust region); the last two use Hessian-vector
+        products only. Only ``"l-bfgs-b"`` honours bounds. Default: ``"l-bfgs-b"`` when ``bounds`` is
+        given, else ``"l-bfgs"``.
       jac: ``None`` (gradient by ``jax.grad``), ``True`` (``fun`` returns ``(value, grad_pytree)``) or
         a callable ``jac(x, *args) -> grad_pytree``.
       bounds: ``None`` or ``(lower, upper)``; each side a pytree like ``x0``, a scalar, or ``None``;
         ``±inf`` entries are unbounded.
-      tol: sets both ``gtol`` and ``ftol`` unless ``options`` sets them.
-      options: dict with scipy's L-BFGS-B names and defaults: ``maxcor`` (10), ``ftol``
-        (2.220446049250313e-09), ``gtol`` (1e-5), ``maxiter`` (15000), ``maxfun`` (15000), ``maxls``
-        (20), ``disp`` (False; prints progress from inside the compiled loop).
+      tol: sets both ``gtol`` and ``ftol`` (``xtol`` for ``"newton-cg"``) unless ``options`` sets them.
+      options: dict with scipy's names and, per method, scipy's defaults. L-BFGS(-B): ``maxcor``
+        (10), ``ftol`` (2.220446049250313e-09), ``gtol`` (1e-5), ``maxiter`` (15000), ``maxfun``
+        (15000), ``maxls`` (20). BFGS and CG: ``gtol`` (1e-5, on the infinity norm), ``maxiter``
+        (200 n). Newton-CG: ``xtol`` (1e-5, average per variable of the L1 norm of the step),
+        ``maxiter`` (200 n). trust-ncg: ``gtol`` (1e-4, on the 2-norm), ``maxiter`` (200 n),
+        ``initial_trust_radius`` (1), ``max_trust_radius`` (1000), ``eta`` (0.15). Newton: ``gtol``
+        (1e-8), ``maxiter`` (200 n). All: ``disp`` (False; prints progress from inside the compiled
+        loop).
 
     Returns:
       An :class:`OptimizeResult` (``x``, ``fun``, ``jac``, ``nit``, ``nfev``, ``njev``, ``status``,
-      ``success``, and the ``message`` property).
+      ``success``, and the ``message`` property). ``jax.grad``/``jax.jvp`` of ``x`` and ``fun`` in
+      ``args`` use implicit differentiation at the solution (:mod:`jaxsecond.implicit_diff`).
 
     Raises:
       ValueError / TypeError: at call time, for an unknown method or option, an invalid option value,
@@ -197,7 +209,7 @@ def _resolve_options(name, spec, tol, options):
         )
     if tol is not None:
         _check_number("tol", tol, low=0.0)
-        for key in ("gtol", "ftol"):
+        for key in ("gtol", "ftol", "xtol"):
             if key in spec.defaults:
                 options.setdefault(key, tol)
     opts = {**spec.defaults, **options}
