@@ -130,7 +130,10 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
         search = ls_lib.line_search_init(state.f, state.g @ d, stp, limit, jnp.minimum(stpmin, limit))
         # An uphill direction: retry next trip without memory, or give up if there was none.
         uphill = search.task == ls_lib.ERROR
-        status = jnp.where(uphill & empty, Status.LINESEARCH_FAILED, state.status).astype(jnp.int32)
+        status = jnp.where(uphill & empty, Status.LINESEARCH_FAILED, state.status)
+        # A zero direction is a zero step: converged under a step-size test (scipy's Newton-CG, whose
+        # inner CG proposes no step when the curvature along -g is below rounding).
+        status = jnp.where(jnp.all(d == 0) & (options.xtol >= 0), Status.XTOL, status).astype(jnp.int32)
         return state._replace(
             d=d, search=search, memory=memory, status=status, need_direction=uphill, forget=uphill
         )

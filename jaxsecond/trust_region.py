@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from jaxsecond.convergence import Status, status_at_iterate
-from jaxsecond.descent import DescentOptions, DescentResult
+from jaxsecond.descent import DescentOptions, DescentResult, _print_final
 from jaxsecond.newton import hessian_vector_product
 
 
@@ -170,4 +170,6 @@ def run_trust_region(value_and_grad, x0, lower, upper, method: TrustRegionMethod
         nit=jnp.zeros((), jnp.int32), nfev=jnp.zeros((), jnp.int32), status=jnp.int32(Status.RUNNING),
     )
     final = lax.while_loop(lambda s: s.status == Status.RUNNING, body, init)
+    if disp:
+        jax.debug.callback(_print_final, final.status, final.nit, final.nfev, final.f)
     return DescentResult(final.x, final.f, final.g, final.nit, final.nfev, final.status)

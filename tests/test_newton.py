@@ -94,3 +94,13 @@ def test_newton_on_a_pytree_under_jit_and_vmap():
     assert bool(jnp.all(res.success))
     assert np.all(np.asarray(res.nit) <= 2)  # a quadratic: one Newton step
     np.testing.assert_allclose(res.x["b"][0], 0.0, atol=1e-12)
+
+
+def test_newton_cg_logistic_regression_matches_scipy():
+    # Ends where the inner CG proposes no step (curvature along -g below rounding): scipy's success.
+    fun, w0, args = logistic_problem()
+    res = js.minimize(fun, w0, args=args, method="newton-cg")
+    ref = scipy_minimize(fun, w0, "newton-cg", args=args)
+    assert bool(res.success) and ref.success
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-6)
+    assert int(res.nfev) <= ref.nfev + 1
