@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# Relative residual of the CG solve, and its iteration cap in units of n (never reached on a
-# well-conditioned Hessian; the cap keeps a singular one from looping long).
+# Relative residual of the CG solve (or 10 ulps in a lower precision), and its iteration cap in units
+# of n (never reached on a well-conditioned Hessian; the cap keeps a singular one from looping long).
 _CG_TOL = 1e-10
 _CG_MAXITER_PER_VARIABLE = 10
 
@@ -81,8 +81,10 @@ def implicit_tangent(hvp: Callable, rhs, free):
         # Identity on the fixed variables keeps the system nonsingular without changing u_F.
         return jnp.where(free, hvp(jnp.where(free, v, 0.0)), v)
 
+    tol = max(_CG_TOL, 10 * float(jnp.finfo(rhs.dtype).eps))
+
     def cg_solve(matvec, b):
-        return jax.scipy.sparse.linalg.cg(matvec, b, tol=_CG_TOL, maxiter=_CG_MAXITER_PER_VARIABLE * n)[0]
+        return jax.scipy.sparse.linalg.cg(matvec, b, tol=tol, maxiter=_CG_MAXITER_PER_VARIABLE * n)[0]
 
     rhs = jnp.where(free, rhs, 0.0)
     return lax.custom_linear_solve(matvec, rhs, cg_solve, symmetric=True)
