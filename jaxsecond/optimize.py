@@ -78,10 +78,11 @@ _LBFGS_DEFAULTS = {  # scipy.optimize.minimize(method="L-BFGS-B") defaults
 }
 
 # Each method's scipy defaults (scipy/optimize/_optimize.py and _trustregion.py); maxiter None is
-# scipy's 200 * n. "newton" has no scipy counterpart: it takes trust-exact's gtol.
+# scipy's 200 * n. "newton" has no scipy counterpart: it takes trust-exact's gtol, and an ftol of ten
+# float64 ulps so that a gtol below the gradient's rounding noise ends in FTOL, not in 200 n iterations.
 _BFGS_DEFAULTS = {"gtol": 1e-5, "maxiter": None, "disp": False}
 _NEWTON_CG_DEFAULTS = {"xtol": 1e-5, "maxiter": None, "disp": False}
-_NEWTON_DEFAULTS = {"gtol": 1e-8, "maxiter": None, "disp": False}
+_NEWTON_DEFAULTS = {"gtol": 1e-8, "ftol": 2.220446049250313e-15, "maxiter": None, "disp": False}
 _TRUST_NCG_DEFAULTS = {
     "gtol": 1e-4, "maxiter": None, "initial_trust_radius": 1.0, "max_trust_radius": 1000.0, "eta": 0.15,
     "disp": False,
@@ -130,7 +131,7 @@ def minimize(fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, 
         (200 n). Newton-CG: ``xtol`` (1e-5, average per variable of the L1 norm of the step),
         ``maxiter`` (200 n). trust-ncg: ``gtol`` (1e-4, on the 2-norm), ``maxiter`` (200 n),
         ``initial_trust_radius`` (1), ``max_trust_radius`` (1000), ``eta`` (0.15). Newton: ``gtol``
-        (1e-8), ``maxiter`` (200 n). All: ``disp`` (False; prints progress from inside the compiled
+        (1e-8), ``ftol`` (2.220446049250313e-15: stop when f stops decreasing), ``maxiter`` (200 n). All: ``disp`` (False; prints progress from inside the compiled
         loop).
 
     Returns:
