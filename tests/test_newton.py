@@ -104,3 +104,10 @@ def test_newton_cg_logistic_regression_matches_scipy():
     assert bool(res.success) and ref.success
     np.testing.assert_allclose(res.x, ref.x, atol=1e-6)
     assert int(res.nfev) <= ref.nfev + 1
+
+
+def test_newton_with_an_unreachable_gtol_stops_at_the_rounding_floor():
+    fun, w0, args = logistic_problem()
+    res = js.minimize(fun, w0, args=args, method="newton", options={"gtol": 0.0})
+    assert int(res.status) in (js.Status.FTOL, js.Status.GTOL) and int(res.nit) < 20
+    assert float(jnp.max(jnp.abs(res.jac))) <= 1e-12
