@@ -8,7 +8,7 @@ from jaxsecond.bounds import projected_gradient
 
 
 class Status(enum.IntEnum):
-    """Why a solve stopped. Only ``GTOL`` and ``FTOL`` are successes."""
+    """Why a solve stopped. Only ``GTOL``, ``FTOL`` and ``XTOL`` are successes."""
 
     RUNNING = -1
     GTOL = 0
@@ -18,6 +18,7 @@ class Status(enum.IntEnum):
     LINESEARCH_FAILED = 4
     NONFINITE = 5
     UNBOUNDED = 6
+    XTOL = 7
 
 
 MESSAGES = {
@@ -29,6 +30,7 @@ MESSAGES = {
     Status.LINESEARCH_FAILED: "ABNORMAL: LINE SEARCH FOUND NO STEP OF SUFFICIENT DECREASE",
     Status.NONFINITE: "ABNORMAL: NON-FINITE OBJECTIVE VALUE OR GRADIENT",
     Status.UNBOUNDED: "ABNORMAL: OBJECTIVE UNBOUNDED BELOW",
+    Status.XTOL: "CONVERGENCE: STEP SIZE <= XTOL",
 }
 
 

@@ -9,7 +9,7 @@ computed in the same trip. One evaluation site keeps compile times short, and un
 problem advances one evaluation per trip and stops on its own criteria.
 """
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,11 @@ class DescentMethod(NamedTuple):
         failed line search); called every trip, masked like ``update_memory``.
       memory_is_empty: ``(memory) -> bool``.
       c1, c2, xtol: constants of the strong Wolfe search.
+      initial_step: ``None`` for L-BFGS-B's first trial step (1, or ``1/|d|`` on the first iteration
+        of a problem not bounded on every side), or ``(f, f_prev, g, d, nit) -> stp`` where
+        ``f_prev`` is the value at the previous iterate (undefined when ``nit == 0``).
+      direction_updates_memory: ``direction`` returns ``(d, memory)`` instead of ``d`` (a method
+        whose memory is small and holds the previous direction, such as nonlinear CG).
     """
 
     init_memory: Callable[[Array], Any]
@@ -47,6 +52,8 @@ class DescentMethod(NamedTuple):
     c1: float = 1e-3
     c2: float = 0.9
     xtol: float = 0.1
+    initial_step: Optional[Callable[..., Array]] = None
+    direction_updates_memory: bool = False
 
 
 class DescentOptions(NamedTuple):
@@ -55,6 +62,7 @@ class DescentOptions(NamedTuple):
     maxiter: Array
     maxfun: Array
     maxls: Array
+    xtol: Any = -1.0  # converged when the L1 norm of an accepted step is at most xtol (Newton-CG)
 
 
 class DescentResult(NamedTuple):
@@ -70,6 +78,7 @@ class _State(NamedTuple):
     x: Array  # current iterate and its value and gradient
     f: Array
     g: Array
+    f_prev: Array  # value at the previous iterate
     d: Array  # search direction
     search: ls_lib.LineSearchState
     memory: Any
@@ -103,31 +112,45 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
     constrained = jnp.any(jnp.isfinite(lower) | jnp.isfinite(upper))
     boxed = jnp.all(jnp.isfinite(lower) & jnp.isfinite(upper))
 
-    def direction_and_search(memory, x, f, g, nit):
+    def direction_and_search(memory, x, f, f_prev, g, nit):
         d = method.direction(memory, x, g, lower, upper)
+        if method.direction_updates_memory:
+            d, memory = d
         limit = jnp.where(constrained, max_step_in_box(x, d, lower, upper, _BIG_STEP), _BIG_STEP)
-        # L-BFGS-B's first step: at most 1 in a box, 1/|d| when some variable is unbounded.
         first = nit == 0
-        limit = jnp.where(constrained & first, jnp.minimum(limit, 1.0), limit).astype(dtype)
-        stp = jnp.where(first & ~boxed, 1.0 / jnp.linalg.norm(d), 1.0)
+        if method.initial_step is None:
+            # L-BFGS-B's first step: at most 1 in a box, 1/|d| when some variable is unbounded.
+            limit = jnp.where(constrained & first, jnp.minimum(limit, 1.0), limit)
+            stp = jnp.where(first & ~boxed, 1.0 / jnp.linalg.norm(d), 1.0)
+        else:
+            stp = method.initial_step(f, f_prev, g, d, nit)
+        limit = limit.astype(dtype)
         # Below this step x + stp d rounds to x: the search stops there instead of shrinking forever.
         stpmin = jnp.finfo(dtype).eps * jnp.max(jnp.abs(x)) / jnp.max(jnp.abs(d))
-        return d, ls_lib.line_search_init(f, g @ d, stp, limit, jnp.minimum(stpmin, limit))
+        search = ls_lib.line_search_init(f, g @ d, stp, limit, jnp.minimum(stpmin, limit))
+        return d, search, (memory if method.direction_updates_memory else None)
 
     def new_direction(state: _State) -> _State:
         # The memory is only read inside the conditional (and reset by a masked, in-place update
         # outside it): passing large buffers through a branch would make XLA copy them every trip.
+        # (Only a method whose memory is small returns it from the branch.)
         memory = method.reset_memory(state.memory, state.need_direction & state.forget)
-        d, search = lax.cond(
+        empty = method.memory_is_empty(memory)
+        d, search, new_memory = lax.cond(
             state.need_direction,
             direction_and_search,
-            lambda *_: (state.d, state.search),
-            memory, state.x, state.f, state.g, state.nit,
+            lambda *_: (state.d, state.search, memory if method.direction_updates_memory else None),
+            memory, state.x, state.f, state.f_prev, state.g, state.nit,
         )
+        if method.direction_updates_memory:
+            memory = new_memory
         # An uphill direction: retry next trip without memory, or give up if there was none.
         uphill = state.need_direction & (search.task == ls_lib.ERROR)
-        empty = method.memory_is_empty(memory)
-        status = jnp.where(uphill & empty, Status.LINESEARCH_FAILED, state.status).astype(jnp.int32)
+        status = jnp.where(uphill & empty, Status.LINESEARCH_FAILED, state.status)
+        # A zero direction is a zero step: converged under a step-size test (scipy's Newton-CG, whose
+        # inner CG proposes no step when the curvature along -g is below rounding).
+        zero_step = state.need_direction & jnp.all(d == 0) & (options.xtol >= 0)
+        status = jnp.where(zero_step, Status.XTOL, status).astype(jnp.int32)
         return state._replace(
             d=d, search=search, memory=memory, status=status, need_direction=uphill, forget=uphill
         )
@@ -165,6 +188,8 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
         # A search that ended at the largest unconstrained step followed a descent ray for 1e10.
         ray = (stp >= _BIG_STEP) & (iterate_status == Status.RUNNING)
         iterate_status = jnp.where(ray, Status.UNBOUNDED, iterate_status)
+        small_step = ~initial & (jnp.sum(jnp.abs(s)) <= options.xtol) & (iterate_status == Status.RUNNING)
+        iterate_status = jnp.where(small_step, Status.XTOL, iterate_status)
         if disp:
             lax.cond(
                 accepted,
@@ -186,6 +211,7 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
             x=jnp.where(moved, x_trial, state.x),
             f=jnp.where(moved, f_trial, state.f),
             g=jnp.where(moved, g_trial, state.g),
+            f_prev=jnp.where(accepted & ~initial, state.f, state.f_prev),
             d=state.d,
             search=_where_tree(active, search, state.search),
             memory=memory,
@@ -201,7 +227,7 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
 
     zero = jnp.zeros((), dtype)
     init = _State(
-        x=x0, f=zero, g=jnp.zeros_like(x0), d=jnp.zeros_like(x0),
+        x=x0, f=zero, g=jnp.zeros_like(x0), f_prev=zero, d=jnp.zeros_like(x0),
         search=ls_lib.line_search_init(zero, -1.0, 1.0, 1.0), memory=method.init_memory(x0),
         nit=jnp.zeros((), jnp.int32), nfev=jnp.zeros((), jnp.int32), status=jnp.int32(Status.RUNNING),
         need_direction=jnp.zeros((), bool), forget=jnp.zeros((), bool),
@@ -219,3 +245,24 @@ def _where_tree(pred, a, b):
 def _print_final(status, nit, nfev, f):
     for s, i, e, v in zip(*(np.atleast_1d(a) for a in (status, nit, nfev, f))):
         print(f"{MESSAGES[Status(int(s))]}  (nit = {int(i)}, nfev = {int(e)}, f = {float(v):.10e})")
+
+
+def wolfe1_initial_step(start_from_gradient_norm: bool):
+    """scipy's first trial step for its ``line_search_wolfe1`` methods (BFGS, CG, Newton-CG).
+
+    ``min(1, 1.01 * 2 (f - f_prev) / g.d)``, the step at which a quadratic interpolation through the
+    last decrease would reach its minimum, or 1 when that is not positive. On the first iteration
+    scipy's BFGS and CG take ``f_prev = f + |g|/2`` (a first step of about unit length), Newton-CG
+    takes the unit step.
+    """
+
+    def initial_step(f, f_prev, g, d, nit):
+        if start_from_gradient_norm:
+            f_prev = jnp.where(nit == 0, f + jnp.linalg.norm(g) / 2, f_prev)
+        stp = jnp.minimum(1.0, 1.01 * 2 * (f - f_prev) / (g @ d))
+        stp = jnp.where(jnp.isfinite(stp) & (stp > 0), stp, 1.0)
+        if not start_from_gradient_norm:
+            stp = jnp.where(nit == 0, 1.0, stp)
+        return stp.astype(d.dtype)
+
+    return initial_step

@@ -3,8 +3,10 @@
 This module is the front end: argument validation (at call time, naming pytree paths), the method
 table with each method's options and scipy defaults, the result type, and the compile cache (one
 ``jax.jit`` keyed on the objective and the static options, so repeated calls with the same function
-and shapes do not compile again). The solvers themselves live in :mod:`jaxsecond.quasi_newton`
-(directions and memory) and :mod:`jaxsecond.descent` (the shared loop).
+and shapes do not compile again). The solvers themselves live in :mod:`jaxsecond.quasi_newton`,
+:mod:`jaxsecond.conjugate_gradient` and :mod:`jaxsecond.newton` (directions and memory),
+:mod:`jaxsecond.descent` (the shared line-search loop) and :mod:`jaxsecond.trust_region` (trust-ncg's
+loop); :mod:`jaxsecond.implicit_diff` makes the solution differentiable in ``args``.
 """
 
 import functools
@@ -17,11 +19,12 @@ from jax import Array
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import keystr, tree_flatten_with_path
 
-from jaxsecond import quasi_newton
+from jaxsecond import conjugate_gradient, newton, quasi_newton, trust_region
 from jaxsecond.curveball import run_curveball
 from jaxsecond.bounds import broadcast_bounds
 from jaxsecond.convergence import MESSAGES, Status
 from jaxsecond.descent import DescentOptions, run_descent
+from jaxsecond.implicit_diff import differentiable_solve
 
 
 class OptimizeResult(NamedTuple):
@@ -61,6 +64,8 @@ class _MethodSpec(NamedTuple):
     supports_bounds: bool
     defaults: dict
     static: tuple  # option names that change the compiled program
+    objective: bool = False  # make also takes the flat value_and_grad (Hessian-based methods)
+    run: Callable[..., Any] = run_descent
 
 
 _LBFGS_DEFAULTS = {  # scipy.optimize.minimize(method="L-BFGS-B") defaults
@@ -73,6 +78,16 @@ _LBFGS_DEFAULTS = {  # scipy.optimize.minimize(method="L-BFGS-B") defaults
     "disp": False,
 }
 
+# Each method's scipy defaults (scipy/optimize/_optimize.py and _trustregion.py); maxiter None is
+# scipy's 200 * n. "newton" has no scipy counterpart: it takes trust-exact's gtol, and an ftol of ten
+# float64 ulps so that a gtol below the gradient's rounding noise ends in FTOL, not in 200 n iterations.
+_BFGS_DEFAULTS = {"gtol": 1e-5, "maxiter": None, "disp": False}
+_NEWTON_CG_DEFAULTS = {"xtol": 1e-5, "maxiter": None, "disp": False}
+_NEWTON_DEFAULTS = {"gtol": 1e-8, "ftol": 2.220446049250313e-15, "maxiter": None, "disp": False}
+_TRUST_NCG_DEFAULTS = {
+    "gtol": 1e-4, "maxiter": None, "initial_trust_radius": 1.0, "max_trust_radius": 1000.0, "eta": 0.15,
+    "disp": False,
+}
 _CURVEBALL_DEFAULTS = {
     "gtol": 1e-5,
     "maxiter": 15000,
@@ -84,13 +99,23 @@ _CURVEBALL_DEFAULTS = {
     "learning_rate": None,
     "momentum": None,
 }
+# Values of the loop's numeric options for methods that do not have them: tests that never fire.
+_INACTIVE = {"gtol": 0.0, "ftol": -np.inf, "maxfun": np.iinfo(np.int32).max, "maxls": 100, "xtol": -1.0}
 
 _METHODS = {
     "l-bfgs": _MethodSpec(quasi_newton.lbfgs, False, _LBFGS_DEFAULTS, ("maxcor",)),
     "l-bfgs-b": _MethodSpec(quasi_newton.lbfgsb, True, _LBFGS_DEFAULTS, ("maxcor",)),
+    "bfgs": _MethodSpec(quasi_newton.bfgs, False, _BFGS_DEFAULTS, ()),
+    "cg": _MethodSpec(conjugate_gradient.cg, False, _BFGS_DEFAULTS, ()),
+    "newton": _MethodSpec(newton.newton, False, _NEWTON_DEFAULTS, (), objective=True),
+    "newton-cg": _MethodSpec(newton.newton_cg, False, _NEWTON_CG_DEFAULTS, (), objective=True),
+    "trust-ncg": _MethodSpec(
+        trust_region.TrustRegionMethod, False, _TRUST_NCG_DEFAULTS,
+        ("initial_trust_radius", "max_trust_radius", "eta"), run=trust_region.run_trust_region,
+    ),
     "curveball": _MethodSpec(None, False, _CURVEBALL_DEFAULTS, ("damping_interval",)),
 }
-_ALIASES = {"lbfgs": "l-bfgs", "lbfgsb": "l-bfgs-b"}
+_ALIASES = {"lbfgs": "l-bfgs", "lbfgsb": "l-bfgs-b", "newtoncg": "newton-cg", "trustncg": "trust-ncg"}
 
 
 def minimize(fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, options=None) -> OptimizeResult:
@@ -102,20 +127,30 @@ def minimize(fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, 
         floating arrays; mixed shapes and float32/float64 are fine (the solve runs in the promoted
         dtype). Projected into the box when ``bounds`` are given.
       args: extra arguments passed to ``fun`` (and ``jac``); may be traced (``jit``/``vmap``).
-      method: ``"l-bfgs"`` (alias ``"lbfgs"``) or ``"l-bfgs-b"``, case-insensitive. Default:
-        ``"l-bfgs-b"`` when ``bounds`` is given, else ``"l-bfgs"``.
+      method: case-insensitive: ``"l-bfgs"`` (alias ``"lbfgs"``), ``"l-bfgs-b"``, ``"bfgs"`` (dense
+        inverse Hessian), ``"cg"`` (Polak–Ribière+), ``"newton"`` (exact Hessian of the flattened
+        ``x``, modified Cholesky; O(n^2) memory, at most 20000 variables), ``"newton-cg"`` (truncated
+        Newton) or ``"trust-ncg"`` (Steihaug–Toint trust region); the last two use Hessian-vector
+        products only. Only ``"l-bfgs-b"`` honours bounds. Default: ``"l-bfgs-b"`` when ``bounds`` is
+        given, else ``"l-bfgs"``.
       jac: ``None`` (gradient by ``jax.grad``), ``True`` (``fun`` returns ``(value, grad_pytree)``) or
         a callable ``jac(x, *args) -> grad_pytree``.
       bounds: ``None`` or ``(lower, upper)``; each side a pytree like ``x0``, a scalar, or ``None``;
         ``±inf`` entries are unbounded.
-      tol: sets both ``gtol`` and ``ftol`` unless ``options`` sets them.
-      options: dict with scipy's L-BFGS-B names and defaults: ``maxcor`` (10), ``ftol``
-        (2.220446049250313e-09), ``gtol`` (1e-5), ``maxiter`` (15000), ``maxfun`` (15000), ``maxls``
-        (20), ``disp`` (False; prints progress from inside the compiled loop).
+      tol: sets both ``gtol`` and ``ftol`` (``xtol`` for ``"newton-cg"``) unless ``options`` sets them.
+      options: dict with scipy's names and, per method, scipy's defaults. L-BFGS(-B): ``maxcor``
+        (10), ``ftol`` (2.220446049250313e-09), ``gtol`` (1e-5), ``maxiter`` (15000), ``maxfun``
+        (15000), ``maxls`` (20). BFGS and CG: ``gtol`` (1e-5, on the infinity norm), ``maxiter``
+        (200 n). Newton-CG: ``xtol`` (1e-5, average per variable of the L1 norm of the step),
+        ``maxiter`` (200 n). trust-ncg: ``gtol`` (1e-4, on the 2-norm), ``maxiter`` (200 n),
+        ``initial_trust_radius`` (1), ``max_trust_radius`` (1000), ``eta`` (0.15). Newton: ``gtol``
+        (1e-8), ``ftol`` (2.220446049250313e-15: stop when f stops decreasing), ``maxiter`` (200 n). All: ``disp`` (False; prints progress from inside the compiled
+        loop).
 
     Returns:
       An :class:`OptimizeResult` (``x``, ``fun``, ``jac``, ``nit``, ``nfev``, ``njev``, ``status``,
-      ``success``, and the ``message`` property).
+      ``success``, and the ``message`` property). ``jax.grad``/``jax.jvp`` of ``x`` and ``fun`` in
+      ``args`` use implicit differentiation at the solution (:mod:`jaxsecond.implicit_diff`).
 
     Raises:
       ValueError / TypeError: at call time, for an unknown method or option, an invalid option value,
@@ -150,7 +185,18 @@ def minimize(fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, 
         raise TypeError(f"jac must be None, True or a callable; got {jac!r}")
     lower, upper = broadcast_bounds(bounds, x0) if bounds is not None else (None, None)
     static = {k: opts[k] for k in spec.static}
-    numeric = {k: v for k, v in opts.items() if k not in spec.static and k != "disp"}
+    n = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(x0))
+    if name == "newton" and n > newton.MAX_NEWTON_SIZE:
+        raise ValueError(
+            f"method='newton' forms the dense n x n Hessian; x0 has n = {n} > {newton.MAX_NEWTON_SIZE} "
+            "variables (use 'newton-cg' or 'trust-ncg', which need only Hessian-vector products)"
+        )
+    numeric = {k: opts.get(k, default) for k, default in _INACTIVE.items()}
+    numeric["maxiter"] = 200 * n if opts["maxiter"] is None else opts["maxiter"]
+    if "xtol" in opts:
+        numeric["xtol"] = n * opts["xtol"]  # scipy's Newton-CG: the average per variable
+    if name == "curveball":
+        numeric.update({k: opts[k] for k in ("damping", "learning_rate", "momentum")})
     solve = _solve if _hashable(fun) and _hashable(jac) else _solve.__wrapped__
     return solve(
         x0, args, lower, upper, numeric,
@@ -179,7 +225,7 @@ def _resolve_options(name, spec, tol, options):
         )
     if tol is not None:
         _check_number("tol", tol, low=0.0)
-        for key in ("gtol", "ftol"):
+        for key in ("gtol", "ftol", "xtol"):
             if key in spec.defaults:
                 options.setdefault(key, tol)
     opts = {**spec.defaults, **options}
@@ -192,7 +238,8 @@ def _resolve_options(name, spec, tol, options):
         elif key in ("maxcor", "maxls", "damping_interval"):
             _check_int(key, value, low=1)
         elif key in ("maxiter", "maxfun"):
-            _check_int(key, value, low=0)
+            if value is not None or key != "maxiter":
+                _check_int(key, value, low=0)
         else:
             _check_number(key, value, low=0.0)
     return opts
@@ -281,6 +328,7 @@ def _check_outputs(fun, jac, x0, args):
 def _solve(x0, args, lower, upper, numeric, *, fun, jac, method, static, disp):
     x0 = jax.tree.map(jnp.asarray, x0)
     _check_outputs(fun, jac, x0, args)
+    spec = _METHODS[method]
     x_flat, unravel = ravel_pytree(x0)
     dtype = x_flat.dtype
     if lower is None:
@@ -290,28 +338,33 @@ def _solve(x0, args, lower, upper, numeric, *, fun, jac, method, static, disp):
         lo, up = ravel_pytree(lower)[0].astype(dtype), ravel_pytree(upper)[0].astype(dtype)
     value_and_grad = _value_and_grad(fun, jac)
 
-    def flat_value_and_grad(x):
+    def flat_value_and_grad(x, args):
         value, grad = value_and_grad(unravel(x), *args)
         return jnp.asarray(value, dtype), ravel_pytree(grad)[0].astype(dtype)
 
-    if method == "curveball":
-        flat_fun = lambda x: jnp.asarray(value_and_grad(unravel(x), *args)[0], dtype)
-        x, f, g, nit, nfev, status = run_curveball(flat_value_and_grad, flat_fun, x_flat, numeric, **dict(static))
-        return _result(unravel, x, f, g, nit, nfev, nit + 1, status)
-    options = DescentOptions(
-        gtol=jnp.asarray(numeric["gtol"], dtype),
-        ftol=jnp.asarray(numeric["ftol"], dtype),
-        maxiter=jnp.asarray(numeric["maxiter"], jnp.int32),
-        maxfun=jnp.asarray(numeric["maxfun"], jnp.int32),
-        maxls=jnp.asarray(numeric["maxls"], jnp.int32),
+    def solve(x_start, args, lo, up, numeric):
+        options = DescentOptions(
+            gtol=jnp.asarray(numeric["gtol"], dtype),
+            ftol=jnp.asarray(numeric["ftol"], dtype),
+            maxiter=jnp.asarray(numeric["maxiter"], jnp.int32),
+            maxfun=jnp.asarray(numeric["maxfun"], jnp.int32),
+            maxls=jnp.asarray(numeric["maxls"], jnp.int32),
+            xtol=jnp.asarray(numeric["xtol"], dtype),
+        )
+        vg = lambda x: flat_value_and_grad(x, args)
+        if method == "curveball":
+            fun_only = lambda x: vg(x)[0]
+            return run_curveball(vg, fun_only, x_start, numeric, **dict(static))
+        solver = spec.make(vg, **dict(static)) if spec.objective else spec.make(**dict(static))
+        out = spec.run(vg, x_start, lo, up, solver, options, disp=disp)
+        return out.x, out.f, out.g, out.nit, out.nfev, out.status
+
+    # Derivatives with respect to args by the implicit function theorem, not through the loop.
+    x, f, g, nit, nfev, status = differentiable_solve(solve, flat_value_and_grad)(
+        jnp.clip(x_flat, lo, up), args, lo, up, numeric
     )
-    solver = _METHODS[method].make(**dict(static))
-    out = run_descent(flat_value_and_grad, jnp.clip(x_flat, lo, up), lo, up, solver, options, disp=disp)
-    return _result(unravel, out.x, out.f, out.g, out.nit, out.nfev, out.nfev, out.status)
-
-
-def _result(unravel, x, f, g, nit, nfev, njev, status):
     return OptimizeResult(
-        x=unravel(x), fun=f, jac=unravel(g), nit=nit, nfev=nfev, njev=njev, status=status,
-        success=(status == Status.GTOL) | (status == Status.FTOL),
+        x=unravel(x), fun=f, jac=unravel(g), nit=nit, nfev=nfev,
+        njev=nit + 1 if method == "curveball" else nfev, status=status,
+        success=(status == Status.GTOL) | (status == Status.FTOL) | (status == Status.XTOL),
     )

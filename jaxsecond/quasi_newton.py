@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from jaxsecond.bounds import max_step_in_box
-from jaxsecond.descent import DescentMethod
+from jaxsecond.descent import DescentMethod, wolfe1_initial_step
 
 
 class LimitedMemory(NamedTuple):
@@ -320,3 +320,65 @@ def lbfgs(maxcor: int) -> DescentMethod:
 def lbfgsb(maxcor: int) -> DescentMethod:
     """L-BFGS-B with ``maxcor`` correction pairs, for :func:`jaxsecond.descent.run_descent`."""
     return lbfgs(maxcor)._replace(direction=lbfgsb_direction, update_memory=push_pair)
+
+
+# ---------------------------------------------------------------------------------------------
+# BFGS (dense)
+
+
+class DenseInverseHessian(NamedTuple):
+    """The BFGS inverse-Hessian approximation ``H`` (n x n) and whether it holds any update."""
+
+    h: Array
+    updated: Array
+
+
+def bfgs_update(memory: DenseInverseHessian, s, y, keep=True) -> DenseInverseHessian:
+    """The BFGS update ``H+ = (I - rho s y^T) H (I - rho y s^T) + rho s s^T``, ``rho = 1 / s.y``.
+
+    Written as rank-two corrections (O(n^2), no n x n products), as Nocedal & Wright (6.17);
+    applied only when ``keep`` (the rejected update is masked out, in place).
+    """
+    rho = 1.0 / (s @ y)
+    hy = memory.h @ y
+    yhy = y @ hy
+    h = (
+        memory.h
+        - rho * (jnp.outer(hy, s) + jnp.outer(s, hy))
+        + (rho * rho * yhy + rho) * jnp.outer(s, s)
+    )
+    return DenseInverseHessian(h=jnp.where(keep, h, memory.h), updated=memory.updated | keep)
+
+
+def _bfgs_init(x) -> DenseInverseHessian:
+    # scipy starts from H0 = I (its hess_inv0 default) and lets the first line search set the scale.
+    return DenseInverseHessian(h=jnp.eye(x.shape[0], dtype=x.dtype), updated=jnp.zeros((), bool))
+
+
+def _bfgs_reset(memory: DenseInverseHessian, forget=True) -> DenseInverseHessian:
+    fresh = _bfgs_init(memory.h[0])
+    return DenseInverseHessian(
+        h=jnp.where(forget, fresh.h, memory.h), updated=jnp.where(forget, False, memory.updated)
+    )
+
+
+def bfgs() -> DescentMethod:
+    """Dense BFGS (scipy's ``method="BFGS"``): ``d = -H g`` with a strong Wolfe search.
+
+    The search constants and first trial step are those of scipy's ``line_search_wolfe1``
+    (``c1 = 1e-4``, ``c2 = 0.9``, ``xtol = 1e-14``).
+
+    References:
+      Nocedal and Wright (2006), Numerical Optimization, 2nd ed., Algorithm 6.1.
+    """
+    return DescentMethod(
+        init_memory=_bfgs_init,
+        direction=lambda memory, x, g, lower, upper: -(memory.h @ g),
+        update_memory=bfgs_update,
+        reset_memory=_bfgs_reset,
+        memory_is_empty=lambda memory: ~memory.updated,
+        c1=1e-4,
+        c2=0.9,
+        xtol=1e-14,
+        initial_step=wolfe1_initial_step(start_from_gradient_norm=True),
+    )

@@ -1,0 +1,60 @@
+"""Trust-region Newton-CG (Steihaug–Toint) against scipy's ``method="trust-ncg"``."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from methods_problems import PROBLEMS, logistic_problem, scipy_minimize
+
+import jaxsecond as js
+from jaxsecond.trust_region import steihaug_cg
+
+
+@pytest.mark.parametrize("name", ["rosenbrock", "wood", "ext_rosenbrock_10"])
+def test_trust_ncg_matches_scipy(name):
+    fun, x0, fstar = PROBLEMS[name]
+    res = js.minimize(fun, jnp.asarray(x0), method="trust-ncg")
+    ref = scipy_minimize(fun, x0, "trust-ncg")
+    assert bool(res.success) and ref.success
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-6)
+    # Same radius rule and subproblem: the same number of trial points (one evaluation each).
+    assert abs(int(res.nit) - ref.nit) <= 2
+    assert int(res.nfev) <= ref.nfev + 2
+
+
+def test_trust_ncg_logistic_regression_and_options():
+    fun, w0, args = logistic_problem()
+    res = js.minimize(fun, w0, args=args, method="trust-ncg", options={"gtol": 1e-8, "initial_trust_radius": 0.1})
+    ref = scipy_minimize(fun, w0, "trust-ncg", args=args, gtol=1e-8, initial_trust_radius=0.1)
+    assert bool(res.success) and ref.success
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-7)
+    assert abs(int(res.nit) - ref.nit) <= 2
+    assert float(jnp.linalg.norm(res.jac)) < 1e-8
+
+
+def test_steihaug_follows_negative_curvature_to_the_boundary():
+    hess = jnp.diag(jnp.array([2.0, -1.0]))
+    p, hits = steihaug_cg(lambda v: hess @ v, jnp.array([1.0, 0.5]), 3.0)
+    assert bool(hits)
+    np.testing.assert_allclose(jnp.linalg.norm(p), 3.0, rtol=1e-12)
+    model = lambda p: jnp.array([1.0, 0.5]) @ p + 0.5 * p @ hess @ p
+    assert float(model(p)) < float(model(jnp.zeros(2)))
+
+
+def test_steihaug_interior_solution_is_the_newton_step():
+    a = np.random.default_rng(1).normal(size=(5, 5))
+    hess = jnp.asarray(a @ a.T + 5 * np.eye(5))
+    g = jnp.asarray(np.random.default_rng(2).normal(size=5)) * 1e-3
+    p, hits = steihaug_cg(lambda v: hess @ v, g, 10.0)
+    assert not bool(hits)
+    newton = -np.linalg.solve(hess, g)
+    assert np.linalg.norm(p - newton) <= min(0.5, np.sqrt(np.linalg.norm(g))) * np.linalg.norm(g) / 5
+
+
+def test_trust_ncg_vmap_each_problem_stops_on_its_own():
+    fun = PROBLEMS["rosenbrock"][0]
+    x0 = jnp.array([[-1.2, 1.0], [0.9, 0.8]])
+    res = jax.vmap(lambda x: js.minimize(fun, x, method="trust-ncg"))(x0)
+    assert bool(jnp.all(res.success))
+    single = js.minimize(fun, x0[1], method="trust-ncg")
+    assert int(res.nit[1]) == int(single.nit) < int(res.nit[0])
