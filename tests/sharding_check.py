@@ -29,7 +29,7 @@ def fun(p):
 
 x0 = {"w": jnp.zeros(64), "m": jnp.zeros((8, 16))}
 sharded = {k: jax.device_put(v, shardings[k]) for k, v in x0.items()}
-numeric = dict(gtol=1e-5, ftol=2.2e-9, maxiter=15000, maxfun=15000, maxls=20)
+numeric = dict(gtol=1e-5, ftol=2.2e-9, maxiter=15000, maxfun=15000, maxls=20, xtol=-1.0)
 for method, bounds in (("l-bfgs", None), ("l-bfgs-b", (0.0, 0.25))):
     plain = js.minimize(fun, x0, method=method, bounds=bounds)
     dist = jax.jit(lambda x: js.minimize(fun, x, method=method, bounds=bounds))(sharded)
