@@ -13,8 +13,6 @@ Run by hand:  python bench/curveball.py   (writes bench/results/curveball.md and
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -25,26 +23,10 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import jaxsecond as js  # noqa: E402
+from machine import describe  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SEEDS = 10
-
-
-def _machine():
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
-        )
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__}, optax {optax.__version__}, "
-        f"device {jax.devices()[0].device_kind} ({jax.default_backend()}); load average at the "
-        f"end of the run {load} (a shared machine: timings are noisy)"
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,7 +408,7 @@ def main():
     md = [
         "Command: `python bench/curveball.py`",
         "",
-        f"Machine: {_machine()}. Total run time {total:.0f} s.",
+        f"Machine: {describe('optax')}. Total run time {total:.0f} s.",
         "",
         "# CurveBall benchmark",
         "",

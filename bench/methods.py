@@ -15,9 +15,7 @@ Run by hand:  python bench/methods.py   (writes bench/results/methods.md)
 from __future__ import annotations
 
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -30,25 +28,11 @@ import scipy.optimize as so
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import jaxsecond as js  # noqa: E402
+from machine import describe  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 REPEATS = 7
 METHODS = {"newton": "trust-exact", "newton-cg": "Newton-CG", "trust-ncg": "trust-ncg", "bfgs": "BFGS", "cg": "CG"}
-
-
-def _machine():
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line)
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__}, scipy {scipy.__version__}, device "
-        f"{jax.devices()[0].device_kind} ({jax.default_backend()}); load average at the end of the run "
-        f"{load} (a shared machine: timings are noisy)"
-    )
 
 
 def rosen(x):
@@ -211,7 +195,7 @@ def main():
     text = [
         "Command: `python bench/methods.py`",
         "",
-        f"Machine: {_machine()}. Total run time {time.perf_counter() - start:.0f} s.",
+        f"Machine: {describe('scipy')}. Total run time {time.perf_counter() - start:.0f} s.",
         "",
         "# minimize: Newton, Newton-CG, trust-ncg, BFGS, CG against scipy",
         "",

@@ -38,7 +38,6 @@ import argparse
 import dataclasses
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -58,6 +57,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402 - installed with sciki
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jaxsecond as js  # noqa: E402
+from machine import describe  # noqa: E402 (bench/ is on sys.path when run as a script)
 from jaxsecond import problems  # noqa: E402
 
 MAXITER = 2000
@@ -556,26 +556,6 @@ def format_row(r):
             f"{r.f:.6g} | {r.nit} | {r.nfev} | {r.warm * 1e3:.2f} | {r.best * 1e3:.2f} | {r.first:.2f} |")
 
 
-def machine():
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = [f"jax {jax.__version__}", f"optax {optax.__version__}",
-                f"scipy {scipy.__version__}", f"numpy {np.__version__}"]
-    try:
-        from importlib.metadata import version  # noqa: PLC0415
-
-        versions.append(f"jaxopt {version('jaxopt')}")
-    except Exception:  # noqa: BLE001 - jaxopt is optional
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores (1-min load average {load:.1f} at start); "
-            f"{', '.join(versions)}; device {jax.devices()[0].device_kind} ({jax.default_backend()})")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few problems, one repeat")
@@ -593,7 +573,7 @@ def main(argv=None):
     command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     min_repeats, min_seconds = (1, 0.0) if args.quick else (5, 0.1)
 
-    header = [f"Command: `{command}`", "", f"Machine: {machine()}", ""]
+    header = [f"Command: `{command}`", "", f"Machine: {describe('optax', 'scipy', 'numpy', 'jaxopt')}", ""]
     print("\n".join(header))
     solvers = available_solvers()
     print(HEADER)

@@ -12,7 +12,6 @@ optax takes the maximum of the bias-corrected second moment).
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import jaxsecond as js  # pylint: disable=wrong-import-position
+from machine import describe  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 SHAPES = {"embed": (2000, 2500), "dense": (1000, 4000), "out": (1000, 1000), "bias": (4000,)}
 LR, WEIGHT_DECAY = 1e-3, 1e-2
@@ -73,18 +73,6 @@ def time_optimizer(opt, dtype, repeats):
   return compile_s, statistics.median(times), min(times), static
 
 
-def machine():
-  cpu = platform.processor() or "unknown CPU"
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    cpu = names[0] if names else cpu
-  load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  return (f"CPU: {cpu}, {os.cpu_count()} cores visible (load average at start {load}); "
-          f"jax {jax.__version__}, optax {optax.__version__}; "
-          f"device: {jax.devices()[0].device_kind} ({jax.default_backend()})")
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=30)
@@ -97,7 +85,7 @@ def main():
   dtype = jnp.dtype(args.dtype)
   size = sum(int(jnp.prod(jnp.array(s))) for s in SHAPES.values())
 
-  machine_text = machine()
+  machine_text = describe("optax")
   results = {name: [] for name in OPTIMIZERS}
   for round_index in range(args.rounds):
     # Alternate the order so no optimizer always runs right after its peer.
