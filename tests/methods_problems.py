@@ -69,3 +69,14 @@ def scipy_minimize(fun, x0, method, args=(), **options):
         lambda x, *a: tuple(np.asarray(v) for v in vg(x, *a)), np.asarray(x0, float), args=args, jac=True,
         method=SCIPY_NAMES[method], options=options, **kwargs,
     )
+
+
+def solve_both(name, method, **options):
+    """``js.minimize`` and scipy's method of the same name on ``PROBLEMS[name]``; both must succeed."""
+    import jaxsecond as js
+
+    fun, x0, _ = PROBLEMS[name]
+    res = js.minimize(fun, jnp.asarray(x0), method=method, options=options or None)
+    ref = scipy_minimize(fun, x0, method, **options)
+    assert bool(res.success) and ref.success, (res.message, ref.message)
+    return res, ref

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from methods_problems import PROBLEMS, logistic_problem, scipy_minimize
+from methods_problems import logistic_problem, scipy_minimize, solve_both
 
 import jaxsecond as js
 from jaxsecond.newton import shifted_cholesky_solve
@@ -12,10 +12,7 @@ from jaxsecond.newton import shifted_cholesky_solve
 
 @pytest.mark.parametrize("name", ["rosenbrock", "beale", "powell_singular"])
 def test_newton_cg_matches_scipy(name):
-    fun, x0, fstar = PROBLEMS[name]
-    res = js.minimize(fun, jnp.asarray(x0), method="newton-cg")
-    ref = scipy_minimize(fun, x0, "newton-cg")
-    assert bool(res.success) and ref.success
+    res, ref = solve_both(name, "newton-cg")
     assert int(res.status) == js.Status.XTOL
     np.testing.assert_allclose(res.x, ref.x, atol=1e-6)
     assert abs(int(res.nit) - ref.nit) <= 2
@@ -24,10 +21,7 @@ def test_newton_cg_matches_scipy(name):
 
 @pytest.mark.parametrize("name", ["rosenbrock", "beale", "powell_singular", "wood"])
 def test_newton_solves_what_trust_exact_solves(name):
-    fun, x0, fstar = PROBLEMS[name]
-    res = js.minimize(fun, jnp.asarray(x0), method="newton")
-    ref = scipy_minimize(fun, x0, "newton")
-    assert bool(res.success) and ref.success
+    res, ref = solve_both(name, "newton")
     np.testing.assert_allclose(res.fun, ref.fun, atol=1e-6)
     np.testing.assert_allclose(res.x, ref.x, atol=2e-2)  # Powell's singular minimiser is flat
     assert float(jnp.max(jnp.abs(res.jac))) <= 1e-8

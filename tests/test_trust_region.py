@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from methods_problems import PROBLEMS, logistic_problem, scipy_minimize
+from methods_problems import PROBLEMS, logistic_problem, scipy_minimize, solve_both
 
 import jaxsecond as js
 from jaxsecond.trust_region import steihaug_cg
@@ -12,10 +12,7 @@ from jaxsecond.trust_region import steihaug_cg
 
 @pytest.mark.parametrize("name", ["rosenbrock", "wood", "ext_rosenbrock_10"])
 def test_trust_ncg_matches_scipy(name):
-    fun, x0, fstar = PROBLEMS[name]
-    res = js.minimize(fun, jnp.asarray(x0), method="trust-ncg")
-    ref = scipy_minimize(fun, x0, "trust-ncg")
-    assert bool(res.success) and ref.success
+    res, ref = solve_both(name, "trust-ncg")
     np.testing.assert_allclose(res.x, ref.x, atol=1e-6)
     # Same radius rule and subproblem: the same number of trial points (one evaluation each).
     assert abs(int(res.nit) - ref.nit) <= 2
