@@ -45,14 +45,15 @@ def status_at_iterate(x, f, g, f_old, lower, upper, nit, nfev, gtol, ftol, maxit
     The tests are scipy L-BFGS-B's: the infinity norm of the projected gradient is at most ``gtol``,
     or the relative reduction ``(f_old - f) / max(|f_old|, |f|, 1)`` is at most ``ftol`` (not tested at
     the starting point, where there is no previous value). Convergence takes precedence over the
-    iteration and evaluation budgets.
+    iteration and evaluation budgets. A value of ``-inf`` means the objective is unbounded below;
+    any other non-finite value or gradient is ``NONFINITE``.
     """
     pg_norm = jnp.max(jnp.abs(projected_gradient(x, g, lower, upper)), initial=0.0)
     rel_reduction = (f_old - f) <= ftol * jnp.maximum(jnp.maximum(jnp.abs(f_old), jnp.abs(f)), 1.0)
     finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
     status = jnp.where(
         ~finite,
-        Status.NONFINITE,
+        jnp.where(f == -jnp.inf, Status.UNBOUNDED, Status.NONFINITE),
         jnp.where(
             pg_norm <= gtol,
             Status.GTOL,

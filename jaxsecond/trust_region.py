@@ -130,7 +130,8 @@ def run_trust_region(value_and_grad, x0, lower, upper, method: TrustRegionMethod
         status, _ = status_at_iterate(
             x, f, g, f, lower, upper, nit, nfev, never, -jnp.inf, options.maxiter, options.maxfun, first
         )
-        converged = (jnp.linalg.norm(g) < options.gtol) & (status != Status.NONFINITE)
+        finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
+        converged = (jnp.linalg.norm(g) < options.gtol) & finite
         return jnp.where(converged, Status.GTOL, status).astype(jnp.int32)
 
     def body(state: _State) -> _State:
@@ -146,7 +147,8 @@ def run_trust_region(value_and_grad, x0, lower, upper, method: TrustRegionMethod
             0.25 * state.radius,
             jnp.where((rho > 0.75) & state.hits_boundary, jnp.minimum(2 * state.radius, method.max_trust_radius), state.radius),
         )
-        accept = first | (rho > method.eta)
+        # A trial value of -inf is kept: the status below reports the objective unbounded below.
+        accept = first | (rho > method.eta) | (f_trial == -jnp.inf)
         x = jnp.where(accept, x_trial, state.x)
         f = jnp.where(accept, f_trial, state.f)
         g = jnp.where(accept, g_trial, state.g)
