@@ -114,10 +114,15 @@ def truncated_newton_direction(hvp: Callable[[Array], Array], g: Array) -> Array
         negative = curv < 0
         # Negative curvature on the first CG direction: scaled steepest descent, as scipy.
         first_negative = negative & (i == 0)
+        # No curvature along -g relative to |g|^2 (a linear or flat objective): steepest descent,
+        # where scipy proposes no step and reports convergence at a point with a large gradient.
+        # A curvature that is flat only because g is tiny still gives scipy's zero step (converged).
+        first_flat = flat & (i == 0) & (curv <= eps * dri0)
         stop = flat | negative
         alpha = dri0 / jnp.where(stop, 1.0, curv)
         x_new = jnp.where(first_negative, dri0 / -jnp.where(negative, curv, -1.0) * b, xsupi + alpha * psupi)
         x_new = jnp.where(stop & ~first_negative, xsupi, x_new)
+        x_new = jnp.where(first_flat, b, x_new)
         r_new = ri + alpha * ap
         dri1 = r_new @ r_new
         p_new = -r_new + dri1 / dri0 * psupi
