@@ -189,7 +189,12 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
         ray = (stp >= _BIG_STEP) & (iterate_status == Status.RUNNING)
         iterate_status = jnp.where(ray, Status.UNBOUNDED, iterate_status)
         small_step = ~initial & (jnp.sum(jnp.abs(s)) <= options.xtol) & (iterate_status == Status.RUNNING)
-        iterate_status = jnp.where(small_step, Status.XTOL, iterate_status)
+        # A small step is convergence only if it met the Wolfe conditions; one the search took
+        # because rounding stopped it (a kink, a discontinuity) is a failed search, as in scipy.
+        wolfe = search.task == ls_lib.CONVERGED
+        iterate_status = jnp.where(
+            small_step, jnp.where(wolfe, Status.XTOL, Status.LINESEARCH_FAILED), iterate_status
+        )
         if disp:
             lax.cond(
                 accepted,
