@@ -158,9 +158,11 @@ def scipy_solver(method: str) -> Callable:
     return build
 
 
-def optax_lbfgs_loop(fun):
+def optax_lbfgs_loop(fun, *, maxiter=MAXITER, gtol=GTOL, norm_ord=None):
     """A traceable ``x0 -> (x, nit, nfev)``: ``optax.lbfgs`` (zoom line search) in a
-    ``lax.while_loop``, as optax's documentation shows, counting evaluations on the way."""
+    ``lax.while_loop``, as optax's documentation shows, counting evaluations on the way. It stops
+    when the gradient's norm (``optax.tree.norm(..., ord=norm_ord)``; 2-norm by default, as
+    optax's documented loop) is below ``gtol`` or after ``maxiter`` iterations."""
     opt = optax.lbfgs(memory_size=HISTORY)
     value_and_grad = optax.value_and_grad_from_state(fun)
 
@@ -174,8 +176,8 @@ def optax_lbfgs_loop(fun):
     def keep_going(carry):
         _, state, _ = carry
         count = optax.tree.get(state, "count")
-        grad_norm = optax.tree.norm(optax.tree.get(state, "grad"))
-        return (count == 0) | ((count < MAXITER) & (grad_norm >= GTOL))
+        grad_norm = optax.tree.norm(optax.tree.get(state, "grad"), ord=norm_ord)
+        return (count == 0) | ((count < maxiter) & (grad_norm >= gtol))
 
     def solve(x0):
         # One evaluation at x0 (value_and_grad_from_state finds no stored value), then one per
