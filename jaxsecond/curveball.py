@@ -159,6 +159,7 @@ def _ggn_system(predict_fn, loss_fn, params, z, damping, grads, with_coefficient
     else:
         (ggn_z,) = model_vjp(h_jz)
         delta_z = optax.tree.add(optax.tree.add_scale(ggn_z, damping, z), grads)
+    delta_z = optax.tree.cast_like(delta_z, z)  # lambda's dtype must not promote float32 leaves
     if not with_coefficients:
         return _NewtonSystem(loss, delta_z, None, None, None, None, None)
 
@@ -187,7 +188,7 @@ def _hessian_system(predict_fn, loss_fn, params, z, damping, grads, with_coeffic
     if grads is None:
         grads = gradient
     hz = hvp(z)
-    delta_z = optax.tree.add(optax.tree.add_scale(hz, damping, z), grads)
+    delta_z = optax.tree.cast_like(optax.tree.add(optax.tree.add_scale(hz, damping, z), grads), z)
     if not with_coefficients:
         return _NewtonSystem(loss, delta_z, None, None, None, None, None)
 

@@ -313,6 +313,24 @@ def test_float32_end_to_end():
     assert int(state.total_notfinite) == 0
 
 
+@pytest.mark.parametrize("curvature", ["ggn", "hessian"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_mixed_float32_float64_parameters(curvature, fused):
+    # Least squares with a float64 weight and a float32 bias: each leaf keeps its dtype and the
+    # solution is the least-squares one (to float32 precision in the bias).
+    rng = np.random.default_rng(6)
+    x, y = jnp.asarray(rng.normal(size=(20, 3))), jnp.asarray(rng.normal(size=20))
+    w_star = np.linalg.lstsq(np.hstack([np.asarray(x), np.ones((20, 1))]), np.asarray(y), rcond=None)[0]
+    params = {"w": jnp.zeros(3), "b": jnp.zeros((), jnp.float32)}
+    params, state = _run(
+        js.curveball(damping=1.0, curvature=curvature), params,
+        lambda p: x @ p["w"] + p["b"], lambda o: 0.5 * jnp.mean((o - y) ** 2), steps=150, fused=fused,
+    )
+    assert params["w"].dtype == jnp.float64 and params["b"].dtype == jnp.float32
+    assert state.z["w"].dtype == jnp.float64 and state.z["b"].dtype == jnp.float32
+    np.testing.assert_allclose(np.append(params["w"], params["b"]), w_star, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Composition: chain, MultiSteps, jit
 # ---------------------------------------------------------------------------------------------
