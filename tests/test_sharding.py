@@ -20,10 +20,18 @@ def report():
     return dict(re.findall(r"^(\S+) (.*)$", out.stdout, re.M))
 
 
-@pytest.mark.parametrize("method", ["l-bfgs", "l-bfgs-b", "curveball"])
+@pytest.mark.parametrize(
+    "method",
+    ["l-bfgs", "l-bfgs-b", "bfgs", "cg", "newton", "newton-cg", "trust-ncg", "curveball", "curveball-transform"],
+)
 def test_sharded_run_equals_unsharded_and_keeps_layout(report, method):
     fields = dict(kv.split("=") for kv in report[method].split())
     assert fields["success"] == "True"
     assert float(fields["maxdiff"]) <= 1e-10
     assert fields["sharding_kept"] == "True"
     assert fields["host_transfers"] == "0"
+
+
+def test_host_transfer_count_sees_a_callback(report):
+    # disp=True prints from inside the loop through a host callback: the count above must find it.
+    assert int(report["control"].split("=")[1]) > 0
