@@ -347,8 +347,11 @@ def test_bounds_with_unbounded_method():
         js.minimize(rosen, jnp.zeros(2), method="l-bfgs", bounds=(0.0, 1.0))
 
 
-def test_jac_true_with_mismatched_gradient_structure():
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_jac_true_with_mismatched_gradient_structure(method):
     with pytest.raises(ValueError, match="structure of x0"):
-        js.minimize(lambda p: (jnp.sum(p["a"] ** 2), {"b": p["a"]}), {"a": jnp.zeros(2)}, jac=True)
+        js.minimize(lambda p: (jnp.sum(p["a"] ** 2), {"b": p["a"]}), {"a": jnp.zeros(2)}, jac=True, method=method)
     with pytest.raises(ValueError, match=r"shape \(3,\) at path \['a'\]"):
-        js.minimize(lambda p: (jnp.sum(p["a"] ** 2), {"a": jnp.zeros(3)}), {"a": jnp.zeros(2)}, jac=True)
+        js.minimize(
+            lambda p: (jnp.sum(p["a"] ** 2), {"a": jnp.zeros(3)}), {"a": jnp.zeros(2)}, jac=True, method=method
+        )
