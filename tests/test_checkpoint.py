@@ -36,6 +36,10 @@ TRANSFORMS = {
         learning_rate=js.schedules.cyclic(1e-3, 1e-1, step_size_up=4), momentum=0.9
     ),
     "curveball": lambda: js.curveball(damping=1.0),
+    "curveball_scheduled": lambda: optax.inject_hyperparams(js.curveball, static_args=("damping_interval",))(
+        learning_rate=js.schedules.cyclic(0.05, 0.5, step_size_up=4), momentum=0.5, damping=1.0
+    ),
+    "heun_scheduled": lambda: js.heun(js.schedules.one_cycle(40, max_value=0.5)),
     "multisteps_adamw": lambda: optax.MultiSteps(js.adamw(1e-2), every_k_schedule=3),
 }
 
@@ -44,7 +48,9 @@ def _step(opt):
     @jax.jit
     def step(params, state):
         grads = jax.grad(loss)(params)
-        updates, state = opt.update(grads, state, params, predict_fn=predict, loss_fn=loss_of_outputs)
+        updates, state = opt.update(
+            grads, state, params, predict_fn=predict, loss_fn=loss_of_outputs, grad_fn=jax.grad(loss)
+        )
         return optax.apply_updates(params, updates), state
 
     return step
