@@ -11,6 +11,9 @@
   Hessian-vector products (``jvp`` of the gradient), never forming the Hessian, stopped at a relative
   residual ``min(0.5, sqrt(|g|_1))`` (in L1 norms, as scipy), at the first direction of non-positive
   curvature (steepest descent if it is the very first CG direction) or after ``20 n`` CG steps.
+  Deviation from scipy: where the curvature along ``-g`` is zero relative to ``|g|^2`` (a linear or
+  flat objective), scipy proposes no step and reports convergence; we take steepest descent, so the
+  line search can find the objective unbounded instead of a false success.
 
 Both keep no curvature memory between iterations: the "memory" of :class:`DescentMethod` is empty.
 
