@@ -170,9 +170,9 @@ def test_solve_rho_beta_singular_first_step_is_the_line_minimiser():
     z = np.zeros(4)
     coeffs = _coefficients(h, z, g, g, lam)  # first step: z = 0, delta_z = grad
     rho, beta = cb.solve_rho_beta(*coeffs)
-    line = scipy.optimize.minimize_scalar(
-        lambda b: -b * g @ g + 0.5 * b**2 * g @ (h + lam * np.eye(4)) @ g
-    ).x
+    # The minimiser of -b g.g + b^2 g.(H + lam I).g / 2, in closed form (Brent's method in
+    # scipy.optimize.minimize_scalar resolves it only to its xtol, 1.5e-8 relative).
+    line = (g @ g) / (g @ (h + lam * np.eye(4)) @ g)
     assert float(rho) == 0.0
     np.testing.assert_allclose(beta, line, rtol=1e-8)
     # and agrees with the SVD pseudo-inverse on the singular system
