@@ -147,8 +147,8 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
         # An uphill direction: retry next trip without memory, or give up if there was none.
         uphill = state.need_direction & (search.task == ls_lib.ERROR)
         status = jnp.where(uphill & empty, Status.LINESEARCH_FAILED, state.status)
-        # A zero direction is a zero step: converged under a step-size test (scipy's Newton-CG, whose
-        # inner CG proposes no step when the curvature along -g is below rounding).
+        # A zero direction is a zero step: converged under a step-size test (Newton-CG's inner CG
+        # proposes no step when the gradient is so small that its curvature is below rounding).
         zero_step = state.need_direction & jnp.all(d == 0) & (options.xtol >= 0)
         status = jnp.where(zero_step, Status.XTOL, status).astype(jnp.int32)
         return state._replace(
@@ -189,11 +189,15 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
         ray = (stp >= _BIG_STEP) & (iterate_status == Status.RUNNING)
         iterate_status = jnp.where(ray, Status.UNBOUNDED, iterate_status)
         small_step = ~initial & (jnp.sum(jnp.abs(s)) <= options.xtol) & (iterate_status == Status.RUNNING)
-        # A small step is convergence only if it met the Wolfe conditions; one the search took
-        # because rounding stopped it (a kink, a discontinuity) is a failed search, as in scipy.
+        # A small step is convergence if it met the Wolfe conditions, or if rounding stopped the
+        # search where the gradient is at the rounding level of f (float32 near a minimiser); a
+        # search stopped by rounding at a large gradient (a kink, a discontinuity) failed.
         wolfe = search.task == ls_lib.CONVERGED
+        rounding = jnp.sum(jnp.abs(g_trial)) <= (
+            x0.size * jnp.sqrt(jnp.finfo(dtype).eps) * jnp.maximum(jnp.abs(f_trial), 1.0)
+        )
         iterate_status = jnp.where(
-            small_step, jnp.where(wolfe, Status.XTOL, Status.LINESEARCH_FAILED), iterate_status
+            small_step, jnp.where(wolfe | rounding, Status.XTOL, Status.LINESEARCH_FAILED), iterate_status
         )
         if disp:
             lax.cond(

@@ -11,9 +11,10 @@
   Hessian-vector products (``jvp`` of the gradient), never forming the Hessian, stopped at a relative
   residual ``min(0.5, sqrt(|g|_1))`` (in L1 norms, as scipy), at the first direction of non-positive
   curvature (steepest descent if it is the very first CG direction) or after ``20 n`` CG steps.
-  Deviation from scipy: where the curvature along ``-g`` is zero relative to ``|g|^2`` (a linear or
-  flat objective), scipy proposes no step and reports convergence; we take steepest descent, so the
-  line search can find the objective unbounded instead of a false success.
+  Deviation from scipy: where the curvature along ``-g`` is below rounding, scipy proposes no step
+  and reports convergence whatever the size of the gradient; we do so only when ``|g|_1 <= n
+  sqrt(eps)``, and otherwise take steepest descent, so that a linear or nearly flat objective is
+  found unbounded or minimised instead of being reported solved at the start.
 
 Both keep no curvature memory between iterations: the "memory" of :class:`DescentMethod` is empty.
 
@@ -117,10 +118,11 @@ def truncated_newton_direction(hvp: Callable[[Array], Array], g: Array) -> Array
         negative = curv < 0
         # Negative curvature on the first CG direction: scaled steepest descent, as scipy.
         first_negative = negative & (i == 0)
-        # No curvature along -g relative to |g|^2 (a linear or flat objective): steepest descent,
-        # where scipy proposes no step and reports convergence at a point with a large gradient.
-        # A curvature that is flat only because g is tiny still gives scipy's zero step (converged).
-        first_flat = flat & (i == 0) & (curv <= eps * dri0)
+        # No curvature along -g: scipy proposes no step and reports convergence whatever the size
+        # of the gradient. We do so only for a gradient at the rounding level of an O(1) objective
+        # (|g|_1 <= n sqrt(eps)); above it (a linear or nearly flat objective) we take steepest
+        # descent, and the line search finds the objective unbounded or its far-away minimiser.
+        first_flat = flat & (i == 0) & (maggrad > n * jnp.sqrt(eps))
         stop = flat | negative
         alpha = dri0 / jnp.where(stop, 1.0, curv)
         x_new = jnp.where(first_negative, dri0 / -jnp.where(negative, curv, -1.0) * b, xsupi + alpha * psupi)
