@@ -45,6 +45,12 @@ def _tree(structure, flat):
     return ravel_pytree(structure)[1](jnp.asarray(flat))
 
 
+def _draw(seed, which):
+    """The random generator of a case, its pytree structure and its number of variables."""
+    structure = STRUCTURES[which]
+    return np.random.default_rng(seed), structure, ravel_pytree(structure)[0].size
+
+
 def _has_float32(structure):
     return any(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(structure))
 
@@ -112,9 +118,7 @@ common = settings(
 @common
 @given(st.integers(0, 2**31 - 1), st.sampled_from(range(len(STRUCTURES))), st.floats(1.0, 1e3))
 def test_unconstrained_quadratic_reaches_known_minimiser(method, seed, which, cond):
-    rng = np.random.default_rng(seed)
-    structure = STRUCTURES[which]
-    n = ravel_pytree(structure)[0].size
+    rng, structure, n = _draw(seed, which)
     hess, lin = _spd(rng, n, cond), rng.normal(size=n)
     x0 = _tree(structure, rng.normal(size=n) * 3)
     gtol = _gtol(structure)
@@ -133,9 +137,7 @@ def test_unconstrained_quadratic_reaches_known_minimiser(method, seed, which, co
 @given(st.integers(0, 2**31 - 1), st.sampled_from(range(len(STRUCTURES))))
 def test_box_quadratic_stays_in_box_and_reaches_clipped_minimiser(seed, which):
     # Diagonal Hessian: the box-constrained minimiser is the unconstrained one clipped to the box.
-    rng = np.random.default_rng(seed)
-    structure = STRUCTURES[which]
-    n = ravel_pytree(structure)[0].size
+    rng, structure, n = _draw(seed, which)
     diag, centre = rng.uniform(0.1, 10.0, n), rng.normal(size=n) * 2
     lower = np.where(rng.random(n) < 0.7, rng.uniform(-2, 0, n), -np.inf)
     upper = np.where(rng.random(n) < 0.7, rng.uniform(0, 2, n), np.inf)
@@ -166,9 +168,7 @@ def test_box_quadratic_stays_in_box_and_reaches_clipped_minimiser(seed, which):
 def test_logistic_regression_success_means_small_gradient(method, seed, l2):
     # The minimiser is not known in closed form: check first-order optimality of what is reported,
     # with each method's default tolerances.
-    rng = np.random.default_rng(seed)
-    structure = STRUCTURES[0]
-    n = ravel_pytree(structure)[0].size
+    rng, structure, n = _draw(seed, 0)
     features = rng.normal(size=(40, n))
     labels = (rng.random(40) < 0.5).astype(float)
     res = js.minimize(logistic, _tree(structure, np.zeros(n)), args=(features, labels, l2), method=method)
@@ -220,9 +220,7 @@ _curveball_least_squares_jit = jax.jit(_curveball_least_squares)
 def test_curveball_transform_reaches_least_squares_solution(seed, which):
     # Random pytree structures (mixed float32/float64 leaves included), random well-posed least
     # squares: the Gauss-Newton matrix is the exact Hessian and the minimiser is numpy's lstsq.
-    rng = np.random.default_rng(seed)
-    structure = STRUCTURES[which]
-    n = ravel_pytree(structure)[0].size
+    rng, structure, n = _draw(seed, which)
     features, targets = rng.normal(size=(3 * n, n)), rng.normal(size=3 * n)
     x0 = _tree(structure, rng.normal(size=n))
     params, state = _curveball_least_squares_jit(x0, features, targets)
