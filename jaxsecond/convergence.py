@@ -65,3 +65,10 @@ def status_at_iterate(x, f, g, f_old, lower, upper, nit, nfev, gtol, ftol, maxit
         ),
     )
     return status.astype(jnp.int32), pg_norm
+
+
+def gradient_at_rounding_level(g, f):
+    """Whether ``|g|_1 <= n sqrt(eps) max(|f|, 1)``: a gradient no larger than the rounding of ``f``
+    can resolve, below which a line search or a curvature test can only see noise."""
+    eps = jnp.finfo(g.dtype).eps
+    return jnp.sum(jnp.abs(g)) <= g.size * jnp.sqrt(eps) * jnp.maximum(jnp.abs(f), 1.0)

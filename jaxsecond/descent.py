@@ -18,7 +18,7 @@ from jax import Array, lax
 
 from jaxsecond import linesearch as ls_lib
 from jaxsecond.bounds import max_step_in_box, project
-from jaxsecond.convergence import MESSAGES, Status, status_at_iterate
+from jaxsecond.convergence import MESSAGES, Status, gradient_at_rounding_level, status_at_iterate
 
 # Largest step of an unconstrained line search (L-BFGS-B's ``big``); a search that ends there has
 # followed a descent ray for 1e10 direction lengths: the objective is treated as unbounded below.
@@ -193,9 +193,7 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
         # search where the gradient is at the rounding level of f (float32 near a minimiser); a
         # search stopped by rounding at a large gradient (a kink, a discontinuity) failed.
         wolfe = search.task == ls_lib.CONVERGED
-        rounding = jnp.sum(jnp.abs(g_trial)) <= (
-            x0.size * jnp.sqrt(jnp.finfo(dtype).eps) * jnp.maximum(jnp.abs(f_trial), 1.0)
-        )
+        rounding = gradient_at_rounding_level(g_trial, f_trial)
         iterate_status = jnp.where(
             small_step, jnp.where(wolfe | rounding, Status.XTOL, Status.LINESEARCH_FAILED), iterate_status
         )

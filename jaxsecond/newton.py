@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
+from jaxsecond.convergence import gradient_at_rounding_level
 from jaxsecond.descent import DescentMethod, wolfe1_initial_step
 
 # Largest number of variables method="newton" accepts: the Hessian alone then takes 3.2 GB in float64.
@@ -119,10 +120,10 @@ def truncated_newton_direction(hvp: Callable[[Array], Array], g: Array) -> Array
         # Negative curvature on the first CG direction: scaled steepest descent, as scipy.
         first_negative = negative & (i == 0)
         # No curvature along -g: scipy proposes no step and reports convergence whatever the size
-        # of the gradient. We do so only for a gradient at the rounding level of an O(1) objective
-        # (|g|_1 <= n sqrt(eps)); above it (a linear or nearly flat objective) we take steepest
-        # descent, and the line search finds the objective unbounded or its far-away minimiser.
-        first_flat = flat & (i == 0) & (maggrad > n * jnp.sqrt(eps))
+        # of the gradient. We do so only for a gradient at the rounding level of an O(1) objective;
+        # above it (a linear or nearly flat objective) we take steepest descent, and the line
+        # search finds the objective unbounded or its far-away minimiser.
+        first_flat = flat & (i == 0) & ~gradient_at_rounding_level(g, 1.0)
         stop = flat | negative
         alpha = dri0 / jnp.where(stop, 1.0, curv)
         x_new = jnp.where(first_negative, dri0 / -jnp.where(negative, curv, -1.0) * b, xsupi + alpha * psupi)
