@@ -5,7 +5,14 @@ from jaxsecond.convergence import Status
 from jaxsecond.curveball import CurveBallState, curveball
 from jaxsecond.lr_range_test import LRRangeTestResult, lr_range_test, plot_lr_range_test
 from jaxsecond.optimize import OptimizeResult, minimize
-from jaxsecond.transforms import adamw, amsgrad, heun, scale_by_torch_amsgrad
+from jaxsecond.transforms import (
+    adamw,
+    amsgrad,
+    heun,
+    normalized_weight_decay,
+    scale_by_torch_amsgrad,
+    sgdw,
+)
 
 __version__ = "0.1.0"
 
@@ -20,8 +27,10 @@ __all__ = [
     "heun",
     "lr_range_test",
     "minimize",
+    "normalized_weight_decay",
     "plot_lr_range_test",
     "problems",
     "scale_by_torch_amsgrad",
     "schedules",
+    "sgdw",
 ]

@@ -1,12 +1,52 @@
-"""Training transforms exact to PyTorch: AdamW (with AMSGrad), AMSGrad, and the Heun step."""
+"""Training transforms exact to PyTorch: AdamW (with AMSGrad), AMSGrad, SGDW, and the Heun step."""
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from jaxsecond._validation import check_learning_rate, check_number
+from jaxsecond._validation import check_learning_rate, check_number, check_positive_int, concrete_float
+
+
+def _is_boolean(leaf):
+  return isinstance(leaf, (bool, np.bool_)) or getattr(leaf, "dtype", None) == np.bool_
+
+
+def _check_decay_mask(mask_tree, params):
+  """Raises when `mask_tree` cannot be the weight-decay mask of `params` (see `_decay_mask`)."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(mask_tree):
+    if not _is_boolean(leaf):
+      raise TypeError(f"mask{jax.tree_util.keystr(path)} must be a boolean, got {leaf!r}.")
+  num_params = len(jax.tree.leaves(params))
+  if jax.tree_util.treedef_is_leaf(jax.tree.structure(mask_tree)) and num_params > 1:
+    raise ValueError(
+        f"mask is the single value {mask_tree!r} for params with {num_params} leaves. This is what a "
+        "mask callable returns when optax.inject_hyperparams takes it for a schedule and calls it "
+        "with the step count: pass static_args=(\"mask\",) to inject_hyperparams (or give the mask "
+        "as a pytree of booleans shaped like params); for no decay at all use weight_decay=0.")
+
+
+def _decay_mask(mask):
+  """The `mask` of `optax.add_decayed_weights`, checked against the params it is applied to.
+
+  `optax.inject_hyperparams` takes every callable argument for a schedule, so a mask callable given
+  to it is called with the step count and its result reaches the factory as the mask: for the usual
+  `lambda p: jax.tree.map(lambda x: x.ndim > 1, p)` a single `False`, which optax would broadcast
+  to "decay nothing" without a word. A single mask value over several parameter leaves is rejected
+  for that reason.
+  """
+  if mask is None:
+    return None
+
+  def mask_fn(params):
+    mask_tree = mask(params) if callable(mask) else mask
+    _check_decay_mask(mask_tree, params)
+    return mask_tree
+
+  return mask_fn
 
 
 def _check_moment_arguments(b1, b2, eps):
@@ -102,7 +142,9 @@ def adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, *, amsgr
     weight_decay: decoupled weight decay coefficient (PyTorch's default 1e-2).
     amsgrad: use PyTorch's AMSGrad variant (running maximum of the second moment).
     mask: as in `optax.add_decayed_weights`: a pytree of booleans or a callable `params -> mask`;
-      only leaves marked True are decayed.
+      only leaves marked True are decayed. Under `optax.inject_hyperparams` a callable mask must be
+      named in `static_args=("mask",)` (otherwise it is taken for a schedule); a mask that is a
+      single boolean over several parameter leaves is a `ValueError` for that reason.
 
   Returns:
     An `optax.GradientTransformation`.
@@ -130,7 +172,7 @@ def adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, *, amsgr
     moments = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
   return optax.chain(
       moments,
-      optax.add_decayed_weights(weight_decay, mask),
+      optax.add_decayed_weights(weight_decay, _decay_mask(mask)),
       optax.scale_by_learning_rate(learning_rate),
   )
 
@@ -155,6 +197,104 @@ def amsgrad(learning_rate, b1=0.9, b2=0.999, eps=1e-8):
     >>> opt = js.amsgrad(1e-3)
   """
   return adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=0.0, amsgrad=True)
+
+
+def sgdw(learning_rate, momentum=0.9, weight_decay=5e-4, *, nesterov=False, mask=None):
+  """SGD with momentum and decoupled weight decay (SGDW), with PyTorch's momentum convention.
+
+  Each step, with `lr_t` the current (possibly scheduled) learning rate,
+  `m_t = momentum * m_{t-1} + g_t` (`m_1 = g_1`, no dampening, as `torch.optim.SGD`) and
+  `p <- p - lr_t * (m_t + weight_decay * p)`: the weights shrink by `lr_t * weight_decay` outside the
+  momentum buffer. `torch.optim.SGD(weight_decay=...)` and `optax.add_decayed_weights` before
+  `optax.sgd` instead add `weight_decay * p` to the gradient, so the decay enters the buffer and is
+  amplified by `1 / (1 - momentum)`: the coupling the paper shows to be wrong. This equals fastai's
+  "true weight decay", `p.mul_(1 - lr * wd)` before `torch.optim.SGD(weight_decay=0).step()`.
+  With `nesterov=True` the direction is `g_t + momentum * m_t`, as in PyTorch. It is optax's
+  `trace` -> `add_decayed_weights` -> `scale_by_learning_rate`.
+
+  Conventions differ from the paper's Algorithm 1 in two ways, both PyTorch's: the learning rate
+  multiplies the decay (the paper's decay is `eta_t * lambda` with `eta_t` the schedule multiplier
+  alone, so `weight_decay = lambda / alpha` for a base learning rate `alpha`), and the learning rate
+  is applied after the momentum buffer rather than inside it (the same when it is constant).
+
+  Args:
+    learning_rate: a float or an `optax.Schedule` evaluated at the update count (0 for the first
+      update); the decay follows it. With `js.schedules.cosine_warm_restarts` this is SGDWR.
+    momentum: momentum factor (PyTorch's `momentum`, >= 0); may be injected with
+      `optax.inject_hyperparams` for momentum cycling.
+    weight_decay: decoupled weight decay coefficient, multiplied by the learning rate (see
+      `normalized_weight_decay` for the paper's rule to set it).
+    nesterov: Nesterov momentum as in PyTorch (needs `momentum > 0`).
+    mask: as in `optax.add_decayed_weights`: a pytree of booleans or a callable `params -> mask`;
+      only leaves marked True are decayed. Under `optax.inject_hyperparams` a callable mask must be
+      named in `static_args=("mask",)`.
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  References:
+    Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization" (ICLR; SGDW, SGDWR);
+    Sutskever, Martens, Dahl, Hinton 2013 (momentum and Nesterov's method); PyTorch
+    `torch.optim.SGD`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, jaxsecond as js
+    >>> schedule = js.schedules.cosine_warm_restarts(0.1, t_0=100, t_mult=2)
+    >>> opt = js.sgdw(schedule, momentum=0.9, weight_decay=5e-4)  # SGDWR
+    >>> params = {"w": jnp.ones(3)}
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.ones(3)}, state, params)
+    >>> params = optax.apply_updates(params, updates)
+  """
+  check_learning_rate("learning_rate", learning_rate)
+  check_number("momentum", momentum, low=0.0)
+  check_number("weight_decay", weight_decay, low=0.0)
+  if not isinstance(nesterov, bool):
+    raise TypeError(f"nesterov must be a bool, got {nesterov!r}.")
+  if nesterov and concrete_float(momentum) == 0.0:
+    raise ValueError("nesterov=True needs momentum > 0 (as torch.optim.SGD), got momentum=0.")
+  return optax.chain(
+      optax.trace(decay=momentum, nesterov=nesterov),
+      optax.add_decayed_weights(weight_decay, _decay_mask(mask)),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def normalized_weight_decay(weight_decay_norm, batch_size, num_train, num_epochs):
+  """The paper's normalized weight decay: `weight_decay_norm * sqrt(batch_size / (num_train * num_epochs))`.
+
+  Loshchilov & Hutter found the best decay to shrink with the number of weight updates in a run,
+  `num_train * num_epochs / batch_size`, and proposed tuning the normalized value, which then
+  transfers across batch sizes and run lengths. With warm restarts they use the epochs of one
+  period for `num_epochs`.
+
+  The result is the paper's `lambda`, which multiplies the schedule multiplier `eta_t` only. In
+  `js.sgdw` and `js.adamw` (PyTorch's convention) the decay per step is `lr_t * weight_decay`, so
+  pass `weight_decay = normalized_weight_decay(...) / base_learning_rate` to reproduce the paper.
+
+  Args:
+    weight_decay_norm: the normalized coefficient (`lambda_norm`, >= 0).
+    batch_size: examples per step (`b`).
+    num_train: training examples (`B`).
+    num_epochs: epochs of the run (`T`).
+
+  Returns:
+    The weight decay `lambda` as a Python float.
+
+  References:
+    Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization", section 3 and appendix B.1.
+
+  Example:
+    >>> import jaxsecond as js
+    >>> round(js.normalized_weight_decay(0.05, batch_size=128, num_train=50000, num_epochs=200), 6)
+    0.000179
+  """
+  check_number("weight_decay_norm", weight_decay_norm, low=0.0)
+  if concrete_float(weight_decay_norm) is None:
+    raise TypeError(f"weight_decay_norm must be a real number, got {weight_decay_norm!r}.")
+  for name, value in (("batch_size", batch_size), ("num_train", num_train), ("num_epochs", num_epochs)):
+    check_positive_int(name, value)
+  return concrete_float(weight_decay_norm) * math.sqrt(batch_size / (num_train * num_epochs))
 
 
 class HeunState(NamedTuple):

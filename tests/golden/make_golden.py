@@ -3,8 +3,9 @@
 Run by hand (needs torch; CI does not):
     python tests/golden/make_golden.py
 It writes tests/golden/adam.npz (parameter trajectories of torch.optim.AdamW / Adam on a small tanh
-network) and tests/golden/schedules.npz (get_last_lr() and momentum of torch's schedulers at every
-step). Each array's key names the case; the matching configuration is in CASES / SCHEDULES below and
+network), tests/golden/sgdw.npz (the same for SGDW: torch.optim.SGD(weight_decay=0) after fastai's
+decoupled decay p.mul_(1 - lr * wd), applied by hand before each step) and tests/golden/schedules.npz
+(get_last_lr() and momentum of torch's schedulers at every step). Each array's key names the case; the matching configuration is in CASES / SCHEDULES below and
 is read back by the tests from the `config_<case>` string entries.
 """
 
@@ -31,6 +32,24 @@ CASES = {
     "adamw_masked": dict(dtype="float64", lr=1e-2, weight_decay=0.3, amsgrad=False,
                          decay_only_first=True),
     "adamw_amsgrad_float32": dict(dtype="float32", lr=1e-2, weight_decay=0.1, amsgrad=True),
+    "adamw_warm_restarts": dict(dtype="float64", lr=2e-2, weight_decay=0.2, amsgrad=False,
+                                scheduler=dict(name="CosineAnnealingWarmRestarts", T_0=20, T_mult=2,
+                                               eta_min=1e-4)),
+}
+
+# SGDW cases: torch.optim.SGD(momentum, nesterov, weight_decay=0) with the decay applied by hand.
+SGDW_CASES = {
+    "sgdw": dict(lr=0.1, momentum=0.9, weight_decay=0.1),
+    "sgdw_nesterov": dict(lr=0.1, momentum=0.9, weight_decay=0.1, nesterov=True),
+    "sgdw_warm_restarts": dict(lr=0.2, momentum=0.9, weight_decay=0.3,
+                               scheduler=dict(name="CosineAnnealingWarmRestarts", T_0=20, T_mult=2,
+                                              eta_min=1e-3)),
+    "sgdw_masked_nesterov": dict(lr=0.05, momentum=0.8, weight_decay=0.5, nesterov=True,
+                                 decay_only_first=True),
+    # OneCycleLR also cycles SGD's momentum (cycle_momentum=True by default).
+    "sgdw_one_cycle": dict(lr=0.2, momentum=0.9, weight_decay=0.1,
+                           scheduler=dict(name="OneCycleLR", max_lr=0.2, total_steps=NUM_STEPS,
+                                          pct_start=0.3)),
 }
 
 SCHEDULES = {
@@ -121,6 +140,34 @@ def run_optimizer(config):
   return np.asarray(trajectory)
 
 
+def run_sgdw(config):
+  """fastai's "true weight decay" on torch.optim.SGD: p <- p * (1 - lr * wd), then the SGD step."""
+  x, y, w1, w2 = (torch.tensor(a, dtype=torch.float64) for a in problem())
+  w1.requires_grad_(True)
+  w2.requires_grad_(True)
+  decayed = [w1] if config.get("decay_only_first") else [w1, w2]
+  optimizer = torch.optim.SGD([w1, w2], lr=config["lr"], momentum=config["momentum"],
+                              nesterov=config.get("nesterov", False), weight_decay=0.0,
+                              foreach=False)
+  scheduler = None
+  if "scheduler" in config:
+    spec = dict(config["scheduler"])
+    scheduler = getattr(torch.optim.lr_scheduler, spec.pop("name"))(optimizer, **spec)
+  trajectory = []
+  for _ in range(NUM_STEPS):
+    optimizer.zero_grad()
+    loss_fn(x, y, w1, w2).backward()
+    lr = optimizer.param_groups[0]["lr"]
+    with torch.no_grad():
+      for p in decayed:
+        p.mul_(1 - lr * config["weight_decay"])
+    optimizer.step()
+    if scheduler is not None:
+      scheduler.step()
+    trajectory.append(np.concatenate([w1.detach().numpy().ravel(), w2.detach().numpy().ravel()]))
+  return np.asarray(trajectory)
+
+
 def run_schedule(spec):
   param = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
   if spec.get("adam"):
@@ -155,13 +202,20 @@ def main():
     arrays[f"config_{name}"] = np.asarray(json.dumps(config))
   np.savez_compressed(os.path.join(HERE, "adam.npz"), **arrays)
 
+  arrays = {"x": x, "y": y, "w1": w1, "w2": w2}
+  for name, config in SGDW_CASES.items():
+    arrays[name] = run_sgdw(config)
+    arrays[f"config_{name}"] = np.asarray(json.dumps(config))
+  np.savez_compressed(os.path.join(HERE, "sgdw.npz"), **arrays)
+
   arrays = {}
   for name, spec in SCHEDULES.items():
     arrays[f"{name}_lr"], arrays[f"{name}_momentum"] = run_schedule(spec)
     arrays[f"config_{name}"] = np.asarray(json.dumps(spec))
   np.savez_compressed(os.path.join(HERE, "schedules.npz"), **arrays)
-  print(f"torch {torch.__version__}: wrote adam.npz ({len(CASES)} cases) and schedules.npz "
-        f"({len(SCHEDULES)} schedules), {NUM_STEPS} optimizer steps each")
+  print(f"torch {torch.__version__}: wrote adam.npz ({len(CASES)} cases), sgdw.npz "
+        f"({len(SGDW_CASES)} cases) and schedules.npz ({len(SCHEDULES)} schedules), "
+        f"{NUM_STEPS} optimizer steps each")
 
 
 if __name__ == "__main__":
