@@ -1,5 +1,6 @@
 """The learning-rate range test (Smith 2015) with fastai `lr_find` semantics, and its plot."""
 
+import inspect
 import math
 from typing import NamedTuple
 
@@ -112,7 +113,8 @@ def lr_range_test(loss_fn, params, batches, optimizer=optax.adam, start_lr=1e-7,
     batches: an iterable of batches; a re-iterable collection (list, array) is cycled until
       `num_steps`, a one-shot iterator that ends early ends the test. None for full-batch losses.
     optimizer: a factory `learning_rate -> optax.GradientTransformation` with a `learning_rate`
-      argument (e.g. `optax.sgd`, `optax.adam`, `js.adamw`, or a `functools.partial` of one).
+      argument (e.g. `optax.sgd`, `optax.adam`, `js.adamw`, or a `functools.partial` of one, whose
+      other arguments, a `mask` callable included, are passed through unchanged).
     start_lr: first learning rate (> 0).
     end_lr: last learning rate (> `start_lr`).
     num_steps: number of steps when nothing diverges (>= 2).
@@ -146,7 +148,10 @@ def lr_range_test(loss_fn, params, batches, optimizer=optax.adam, start_lr=1e-7,
   check_number("diverge_factor", diverge_factor, low=1.0, low_open=True)
 
   ramp = _exponential_ramp(start_lr, end_lr, num_steps)
-  opt = optax.inject_hyperparams(optimizer)(learning_rate=ramp)
+  # Only the learning rate is injected: inject_hyperparams would take any other callable argument
+  # of the factory (a weight-decay mask in a functools.partial) for a schedule of the step count.
+  others = set(inspect.signature(optimizer).parameters) - {"learning_rate"}
+  opt = optax.inject_hyperparams(optimizer, static_args=others)(learning_rate=ramp)
   value_and_grad = jax.value_and_grad(loss_fn)
 
   @jax.jit

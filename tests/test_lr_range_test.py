@@ -1,7 +1,9 @@
 """js.lr_range_test on problems with a known good learning-rate range, and its plot."""
 
+import functools
 import sys
 
+import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
@@ -123,3 +125,21 @@ def test_plot_on_given_axes_with_adamw_factory():
   assert js.plot_lr_range_test(result, ax=ax) is fig
   assert ax.get_xscale() == "log"
   matplotlib.pyplot.close(fig)
+
+
+def test_partial_factory_with_mask_callable_decays_the_masked_leaves():
+  """functools.partial(js.sgdw, mask=callable): only the learning rate is a schedule, the mask stays
+  a mask (inject_hyperparams alone would call it with the step count and decay nothing)."""
+  params = {"w": jnp.full((2, 2), 1.0), "b": jnp.full(2, 1.0)}
+  loss = lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
+  wd = 3.0
+  optimizer = functools.partial(js.sgdw, momentum=0.0, weight_decay=wd,
+                                mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+  result = js.lr_range_test(loss, params, None, optimizer=optimizer, start_lr=1e-3, end_lr=0.05,
+                            num_steps=20)
+  # Gradient 2p; w also decays by lr * wd: w <- w (1 - lr (2 + wd)), b <- b (1 - 2 lr).
+  w, b, expected = 1.0, 1.0, []
+  for lr in result.lrs:
+    expected.append(4 * w**2 + 2 * b**2)
+    w, b = w * (1 - lr * (2 + wd)), b * (1 - 2 * lr)
+  np.testing.assert_allclose(result.losses, expected, rtol=1e-12)
