@@ -32,6 +32,11 @@ TRANSFORMS = {
         amsgrad=True,
     ),
     "amsgrad": lambda: js.amsgrad(js.schedules.cosine_warm_restarts(1e-2, t_0=5, t_mult=2)),
+    "sgdwr_momentum_cycled": lambda: optax.inject_hyperparams(js.sgdw, static_args=("mask",))(
+        learning_rate=js.schedules.cosine_warm_restarts(0.05, t_0=5, t_mult=2),
+        momentum=js.schedules.one_cycle_momentum(40), weight_decay=0.1, nesterov=True,
+        mask=lambda p: {"w": True, "b": False},
+    ),
     "sgd_cyclic": lambda: optax.inject_hyperparams(optax.sgd)(
         learning_rate=js.schedules.cyclic(1e-3, 1e-1, step_size_up=4), momentum=0.9
     ),

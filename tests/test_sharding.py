@@ -1,4 +1,5 @@
-"""minimize and CurveBall on parameters sharded over 8 virtual CPU devices: same answer, same layout."""
+"""minimize, CurveBall, SGDW and AdamW on parameters sharded over 8 virtual CPU devices: same answer,
+same layout."""
 
 import os
 import re
@@ -22,7 +23,8 @@ def report():
 
 @pytest.mark.parametrize(
     "method",
-    ["l-bfgs", "l-bfgs-b", "bfgs", "cg", "newton", "newton-cg", "trust-ncg", "curveball", "curveball-transform"],
+    ["l-bfgs", "l-bfgs-b", "bfgs", "cg", "newton", "newton-cg", "trust-ncg", "curveball", "curveball-transform",
+     "sgdw-transform", "adamw-transform"],
 )
 def test_sharded_run_equals_unsharded_and_keeps_layout(report, method):
     fields = dict(kv.split("=") for kv in report[method].split())
