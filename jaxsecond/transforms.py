@@ -265,8 +265,7 @@ def normalized_weight_decay(weight_decay_norm, batch_size, num_train, num_epochs
 
   Loshchilov & Hutter found the best decay to shrink with the number of weight updates in a run,
   `num_train * num_epochs / batch_size`, and proposed tuning the normalized value, which then
-  transfers across batch sizes and run lengths. With warm restarts they use the epochs of one
-  period for `num_epochs`.
+  transfers across batch sizes and run lengths.
 
   The result is the paper's `lambda`, which multiplies the schedule multiplier `eta_t` only. In
   `js.sgdw` and `js.adamw` (PyTorch's convention) the decay per step is `lr_t * weight_decay`, so
@@ -282,7 +281,8 @@ def normalized_weight_decay(weight_decay_norm, batch_size, num_train, num_epochs
     The weight decay `lambda` as a Python float.
 
   References:
-    Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization", section 3 and appendix B.1.
+    Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization" (ICLR), normalized weight
+    decay.
 
   Example:
     >>> import jaxsecond as js
