@@ -57,13 +57,13 @@ def schedules_figure(path):
             "t_mult=2": s.cosine_warm_restarts(1e-2, 100, t_mult=2, eta_min=1e-4),
         },
     }
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
     for ax, (title, schedules) in zip(axes, panels.items()):
         for label, schedule in schedules.items():
             ax.plot(steps, jax.vmap(schedule)(steps), label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     axes[0].set_ylabel("value")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
