@@ -32,7 +32,8 @@ def device_line(notebook):
 
 def execute(path, output_dir, timeout):
     notebook = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+    # No per-cell timestamps: re-running changes only the outputs, which keeps diffs readable.
+    client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False,
                                      resources={"metadata": {"path": str(ROOT)}})
     start = time.perf_counter()
     client.execute()
