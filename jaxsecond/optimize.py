@@ -148,7 +148,7 @@ def minimize(fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, 
         loop).
 
     Returns:
-      An :class:`OptimizeResult` (``x``, ``fun``, ``jac``, ``nit``, ``nfev``, ``njev``, ``status``,
+      An ``OptimizeResult`` (``x``, ``fun``, ``jac``, ``nit``, ``nfev``, ``njev``, ``status``,
       ``success``, and the ``message`` property). ``jax.grad``/``jax.jvp`` of ``x`` and ``fun`` in
       ``args`` use implicit differentiation at the solution (:mod:`jaxsecond.implicit_diff`).
 

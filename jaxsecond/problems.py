@@ -818,7 +818,7 @@ def logistic_regression(features, labels, l2: float = 1.0, name: str = "logistic
       name: the problem's name.
 
     Returns:
-      A :class:`Problem`.
+      A ``Problem``.
 
     Example:
       >>> from sklearn.datasets import load_breast_cancer  # doctest: +SKIP
@@ -856,7 +856,7 @@ def nonnegative_least_squares(matrix, rhs, name: str = "nonnegative_least_square
       name: the problem's name.
 
     Returns:
-      A :class:`Problem` with ``lower = 0`` and ``upper = inf``.
+      A ``Problem`` with ``lower = 0`` and ``upper = inf``.
     """
     matrix = np.asarray(matrix, np.float64)
     rhs = np.asarray(rhs, np.float64)
