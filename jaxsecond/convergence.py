@@ -2,6 +2,7 @@
 
 import enum
 
+import jax
 import jax.numpy as jnp
 
 from jaxsecond.bounds import projected_gradient
@@ -19,6 +20,7 @@ class Status(enum.IntEnum):
     NONFINITE = 5
     UNBOUNDED = 6
     XTOL = 7
+    CALLBACK = 8
 
 
 MESSAGES = {
@@ -31,6 +33,7 @@ MESSAGES = {
     Status.NONFINITE: "ABNORMAL: NON-FINITE OBJECTIVE VALUE OR GRADIENT",
     Status.UNBOUNDED: "ABNORMAL: OBJECTIVE UNBOUNDED BELOW",
     Status.XTOL: "CONVERGENCE: STEP SIZE <= XTOL",
+    Status.CALLBACK: "STOP: CALLBACK REQUESTED STOP",
 }
 
 
@@ -49,7 +52,8 @@ def status_at_iterate(x, f, g, f_old, lower, upper, nit, nfev, gtol, ftol, maxit
     any other non-finite value or gradient is ``NONFINITE``.
     """
     pg_norm = jnp.max(jnp.abs(projected_gradient(x, g, lower, upper)), initial=0.0)
-    rel_reduction = (f_old - f) <= ftol * jnp.maximum(jnp.maximum(jnp.abs(f_old), jnp.abs(f)), 1.0)
+    # An increase of f is never convergence (f <= f_old), whatever ftol.
+    rel_reduction = (f <= f_old) & ((f_old - f) <= ftol * jnp.maximum(jnp.maximum(jnp.abs(f_old), jnp.abs(f)), 1.0))
     finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
     status = jnp.where(
         ~finite,
@@ -65,6 +69,14 @@ def status_at_iterate(x, f, g, f_old, lower, upper, nit, nfev, gtol, ftol, maxit
         ),
     )
     return status.astype(jnp.int32), pg_norm
+
+
+def stop_requested(on_iterate, accepted, x, f, g, nit, nfev):
+    """Calls ``on_iterate(x, f, g, nit, nfev) -> bool`` where ``accepted`` (a user's callback, from
+    inside the compiled loop); ``False`` where not, or when there is no callback (nothing compiled)."""
+    if on_iterate is None:
+        return jnp.zeros((), bool)
+    return jax.lax.cond(accepted, lambda: on_iterate(x, f, g, nit, nfev), lambda: jnp.zeros((), bool))
 
 
 def gradient_at_rounding_level(g, f):

@@ -17,12 +17,28 @@ import numpy as np
 from jax import Array, lax
 
 from jaxsecond import linesearch as ls_lib
-from jaxsecond.bounds import max_step_in_box, project
-from jaxsecond.convergence import MESSAGES, Status, gradient_at_rounding_level, status_at_iterate
+from jaxsecond.bounds import max_step_in_box, project, projected_gradient
+from jaxsecond.convergence import MESSAGES, Status, gradient_at_rounding_level, status_at_iterate, stop_requested
 
-# Largest step of an unconstrained line search (L-BFGS-B's ``big``); a search that ends there has
-# followed a descent ray for 1e10 direction lengths: the objective is treated as unbounded below.
+# Longest distance an unconstrained line search may move, in units of max(1, |x|_inf) (L-BFGS-B's
+# ``big`` = 1e10, which scipy measures in direction lengths instead: with a short direction that is a
+# short distance, and a convex function with a tiny gradient would look unbounded). A search that
+# ends there, having decreased f, has followed a descent ray: the objective is unbounded below.
 _BIG_STEP = 1e10
+
+
+def longest_step(x, d):
+    """The step of an unconstrained search at which ``x`` has moved ``_BIG_STEP max(1, |x|_inf)``,
+    and never shorter than L-BFGS-B's 1e10 direction lengths (so scipy's searches are unchanged)."""
+    scale = jnp.maximum(1.0, jnp.max(jnp.abs(x))) / jnp.max(jnp.abs(d))
+    return _BIG_STEP * jnp.maximum(1.0, jnp.where(jnp.isfinite(scale), scale, 1.0))
+
+
+def rounding_step(x, d):
+    """The step below which ``x + stp d`` rounds to ``x`` in every variable: a search needs no shorter
+    trial. Taken per variable, so a large variable does not stop the search for a small one."""
+    ratio = jnp.where(d != 0, jnp.abs(x) / jnp.where(d != 0, jnp.abs(d), 1.0), jnp.inf)
+    return jnp.finfo(x.dtype).eps * jnp.min(ratio, initial=jnp.inf)
 
 
 class DescentMethod(NamedTuple):
@@ -42,6 +58,8 @@ class DescentMethod(NamedTuple):
         ``f_prev`` is the value at the previous iterate (undefined when ``nit == 0``).
       direction_updates_memory: ``direction`` returns ``(d, memory)`` instead of ``d`` (a method
         whose memory is small and holds the previous direction, such as nonlinear CG).
+      newton_direction: the direction is a Newton step of a model of the curvature even when the
+        memory is empty (Newton, Newton-CG), so ``-g.d / 2`` is the decrease the model predicts.
     """
 
     init_memory: Callable[[Array], Any]
@@ -54,6 +72,7 @@ class DescentMethod(NamedTuple):
     xtol: float = 0.1
     initial_step: Optional[Callable[..., Array]] = None
     direction_updates_memory: bool = False
+    newton_direction: bool = False
 
 
 class DescentOptions(NamedTuple):
@@ -89,7 +108,9 @@ class _State(NamedTuple):
     forget: Array  # ... after resetting the memory (a search failed or went uphill)
 
 
-def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options: DescentOptions, disp=False):
+def run_descent(
+    value_and_grad, x0, lower, upper, method: DescentMethod, options: DescentOptions, disp=False, on_iterate=None
+):
     """Minimises ``value_and_grad``'s function over the box from ``x0`` (flat vectors).
 
     Each trip of the loop (1) computes a search direction when the last trip ended at a new iterate,
@@ -104,6 +125,8 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
       method: the direction and memory of the method.
       options: tolerances and budgets.
       disp: print progress from inside the compiled loop.
+      on_iterate: ``None`` or ``(x, f, g, nit, nfev) -> bool`` called at each new iterate (a user's
+        callback); ``True`` stops the solve with status ``CALLBACK``.
 
     Returns:
       A :class:`DescentResult`.
@@ -116,7 +139,8 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
         d = method.direction(memory, x, g, lower, upper)
         if method.direction_updates_memory:
             d, memory = d
-        limit = jnp.where(constrained, max_step_in_box(x, d, lower, upper, _BIG_STEP), _BIG_STEP)
+        big = longest_step(x, d)
+        limit = jnp.where(constrained, max_step_in_box(x, d, lower, upper, big), big)
         first = nit == 0
         if method.initial_step is None:
             # L-BFGS-B's first step: at most 1 in a box, 1/|d| when some variable is unbounded.
@@ -126,7 +150,7 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
             stp = method.initial_step(f, f_prev, g, d, nit)
         limit = limit.astype(dtype)
         # Below this step x + stp d rounds to x: the search stops there instead of shrinking forever.
-        stpmin = jnp.finfo(dtype).eps * jnp.max(jnp.abs(x)) / jnp.max(jnp.abs(d))
+        stpmin = rounding_step(x, d)
         search = ls_lib.line_search_init(f, g @ d, stp, limit, jnp.minimum(stpmin, limit))
         return d, search, (memory if method.direction_updates_memory else None)
 
@@ -168,11 +192,19 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
         )
         searching = search.task == ls_lib.SEARCHING
         unbounded = active & ~initial & (f_trial == -jnp.inf)
-        accepted = active & ~unbounded & (initial | (search.task == ls_lib.CONVERGED) | (search.task == ls_lib.WARNING))
-        failed = active & ~unbounded & ~initial & (
-            (search.task == ls_lib.ERROR) | (searching & (search.nfev >= options.maxls))
+        stopped = (search.task == ls_lib.CONVERGED) | (search.task == ls_lib.WARNING)
+        # MINPACK-2 (and scipy) accept a warning step even where f rose; a descent method must never
+        # return a worse point, so such a step is a failed search. So is a step that left f unchanged
+        # when ftol is 0 (the default): it is a stall, success only at a rounding-level gradient.
+        refused = ~initial & stopped & (
+            (f_trial > state.f) | ((f_trial == state.f) & (options.ftol == 0))
         )
-        out_of_budget = active & ~unbounded & ~initial & ~failed & searching & (nfev >= options.maxfun)
+        accepted = active & ~unbounded & (initial | (stopped & ~refused))
+        failed = active & ~unbounded & ~initial & (
+            (search.task == ls_lib.ERROR) | (searching & (search.nfev >= options.maxls)) | refused
+        )
+        empty = method.memory_is_empty(state.memory)
+        out_of_budget = active & ~unbounded & ~initial & ~accepted & ~(failed & empty) & (nfev >= options.maxfun)
 
         # The trial as the next iterate (used where ``accepted``).
         stp = jnp.where(initial, 0.0, search.stp)
@@ -185,8 +217,8 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
             x_trial, f_trial, g_trial, jnp.where(initial, f_trial, state.f), lower, upper, nit, nfev,
             options.gtol, options.ftol, options.maxiter, options.maxfun, initial,
         )
-        # A search that ended at the largest unconstrained step followed a descent ray for 1e10.
-        ray = (stp >= _BIG_STEP) & (iterate_status == Status.RUNNING)
+        # A search that ended at the longest unconstrained step followed a descent ray.
+        ray = (stp >= longest_step(state.x, state.d)) & (f_trial < state.f) & (iterate_status == Status.RUNNING)
         iterate_status = jnp.where(ray, Status.UNBOUNDED, iterate_status)
         small_step = ~initial & (jnp.sum(jnp.abs(s)) <= options.xtol) & (iterate_status == Status.RUNNING)
         # A small step is convergence if it met the Wolfe conditions, or if rounding stopped the
@@ -206,13 +238,25 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
                 lambda: None,
             )
 
-        # A failed search: forget the memory and search again (L-BFGS-B's restart), or give up.
-        empty = method.memory_is_empty(state.memory)
+        # A failed search: forget the memory and search again (L-BFGS-B's restart), or give up. A
+        # stall where the gradient is at the rounding level of f is success (FTOL, for the methods
+        # that have an ftol test): the gradient is small against f, or the decrease that the
+        # curvature model predicts, -g.d / 2, is below the rounding of f (a badly scaled problem at
+        # its minimum, whose gradient the arithmetic cannot resolve: Meyer's |g| = 3e-3 at f = 88).
+        newton_step = method.newton_direction | ~empty
+        predicted_decrease = -0.5 * state.search.ginit
+        at_rounding_level = gradient_at_rounding_level(
+            projected_gradient(state.x, state.g, lower, upper), state.f
+        ) | (newton_step & (predicted_decrease <= jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(state.f), 1.0)))
+        converged = refused & at_rounding_level & (options.ftol >= 0)
         failure = jnp.where(search.nonfinite, Status.NONFINITE, Status.LINESEARCH_FAILED)
         status = jnp.where(accepted, iterate_status, state.status)
         status = jnp.where(failed & empty, failure, status)
         status = jnp.where(out_of_budget, Status.MAXFUN, status)
-        status = jnp.where(unbounded, Status.UNBOUNDED, status).astype(jnp.int32)
+        status = jnp.where(active & converged, Status.FTOL, status)
+        status = jnp.where(unbounded, Status.UNBOUNDED, status)
+        stop = stop_requested(on_iterate, accepted & ~initial, x_trial, f_trial, g_trial, nit, nfev)
+        status = jnp.where(stop & (status == Status.RUNNING), Status.CALLBACK, status).astype(jnp.int32)
         moved = accepted | unbounded
         return _State(
             x=jnp.where(moved, x_trial, state.x),
@@ -225,8 +269,8 @@ def run_descent(value_and_grad, x0, lower, upper, method: DescentMethod, options
             nit=nit,
             nfev=nfev,
             status=status,
-            need_direction=accepted | (failed & ~empty) | state.need_direction,
-            forget=(failed & ~empty) | state.forget,
+            need_direction=accepted | (failed & ~empty & ~converged) | state.need_direction,
+            forget=(failed & ~empty & ~converged) | state.forget,
         )
 
     def body(state: _State) -> _State:

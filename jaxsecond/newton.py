@@ -172,4 +172,5 @@ def _memoryless(direction, initial_step) -> DescentMethod:
         c2=0.9,
         xtol=1e-14,
         initial_step=initial_step,
+        newton_direction=True,
     )

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from jaxsecond.convergence import Status, status_at_iterate
+from jaxsecond.convergence import Status, status_at_iterate, stop_requested
 from jaxsecond.descent import DescentOptions, DescentResult, _print_final
 from jaxsecond.newton import hessian_vector_product
 
@@ -109,7 +109,9 @@ class _State(NamedTuple):
     status: Array
 
 
-def run_trust_region(value_and_grad, x0, lower, upper, method: TrustRegionMethod, options: DescentOptions, disp=False):
+def run_trust_region(
+    value_and_grad, x0, lower, upper, method: TrustRegionMethod, options: DescentOptions, disp=False, on_iterate=None
+):
     """Minimises ``value_and_grad``'s function from ``x0`` by trust-region Newton-CG (flat vectors).
 
     Args:
@@ -119,6 +121,7 @@ def run_trust_region(value_and_grad, x0, lower, upper, method: TrustRegionMethod
       method: the radius constants.
       options: ``gtol`` (on the 2-norm of the gradient, as scipy), ``maxiter``, ``maxfun``.
       disp: print progress from inside the compiled loop.
+      on_iterate: as in :func:`jaxsecond.descent.run_descent`.
 
     Returns:
       A :class:`jaxsecond.descent.DescentResult`.
@@ -160,7 +163,9 @@ def run_trust_region(value_and_grad, x0, lower, upper, method: TrustRegionMethod
         p, hits_boundary = steihaug_cg(hvp, g, radius)
         predicted = -(g @ p + 0.5 * (p @ hvp(p)))
         no_prediction = (status == Status.RUNNING) & ~(predicted > 0)
-        status = jnp.where(no_prediction, Status.LINESEARCH_FAILED, status).astype(jnp.int32)
+        status = jnp.where(no_prediction, Status.LINESEARCH_FAILED, status)
+        stop = stop_requested(on_iterate, accept & ~first, x, f, g, nit, nfev)
+        status = jnp.where(stop & (status == Status.RUNNING), Status.CALLBACK, status).astype(jnp.int32)
         if disp:
             jax.debug.print("iter {:5d}  f = {: .10e}  |g| = {:.4e}  radius = {:.3e}", nit, f, jnp.linalg.norm(g), radius)
         return _State(x, f, g, radius, p, predicted, hits_boundary, nit, nfev, status)
