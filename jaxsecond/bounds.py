@@ -30,18 +30,43 @@ def broadcast_bounds(bounds, x0):
     """
     if bounds is None:
         bounds = (None, None)
+    bounds = _from_scipy_form(bounds, x0)
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
         raise ValueError(
-            "bounds must be None or a pair (lower, upper) of pytrees/scalars/None; "
+            "bounds must be None, a pair (lower, upper) of pytrees/scalars/None, or (when x0 is a "
+            "single array) scipy's sequence of (min, max) pairs or a scipy.optimize.Bounds; "
             f"got {type(bounds).__name__}"
             + (f" of length {len(bounds)}" if isinstance(bounds, (tuple, list)) else "")
-            + ". (scipy's sequence of (min, max) pairs per variable is not accepted: give a lower "
-            "and an upper pytree shaped like x0.)"
         )
     lower = _broadcast_side(bounds[0], x0, "lower", -jnp.inf)
     upper = _broadcast_side(bounds[1], x0, "upper", jnp.inf)
     _check_order(lower, upper, x0)
     return lower, upper
+
+
+def _from_scipy_form(bounds, x0):
+    """scipy's two other forms, for an ``x0`` that is a single array: an object with ``.lb`` and
+    ``.ub`` (``scipy.optimize.Bounds``, duck-typed so that scipy stays optional) and a sequence of
+    ``(min, max)`` pairs, one per variable in ``x0.ravel()`` order, ``None`` meaning unbounded. A pair of
+    lists or tuples is read as scipy's pairs; give lower and upper as arrays for the other reading."""
+    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
+        return (bounds.lb, bounds.ub)
+    single = len(jax.tree_util.tree_leaves(x0)) == 1 and not isinstance(x0, (tuple, list, dict))
+    pairs = isinstance(bounds, (tuple, list)) and all(
+        isinstance(b, (tuple, list)) and len(b) == 2 for b in bounds
+    )
+    if not (single and pairs) or not bounds:
+        return bounds
+    shape = np.shape(x0)
+    if len(bounds) != int(np.prod(shape)):
+        raise ValueError(
+            f"bounds: scipy's form needs one (min, max) pair per variable; x0 has {int(np.prod(shape))} "
+            f"variables but bounds has {len(bounds)} pairs"
+        )
+    side = lambda i, fill: np.reshape(
+        np.array([fill if pair[i] is None else pair[i] for pair in bounds], np.float64), shape
+    )
+    return (side(0, -np.inf), side(1, np.inf))
 
 
 def _broadcast_side(side, x0, name, fill):
