@@ -6,8 +6,9 @@ at the solution. The tangent ``dx`` is found by linear CG with Hessian-vector pr
 gradient, the Hessian is never formed) instead of differentiating through the solver's iterations,
 so the cost is that of a few dozen gradient evaluations whatever the number of iterations, and memory
 does not grow with them. With bounds, variables at a bound are held there (zero derivative) and the
-system is solved over the free ones only. The value's derivative is the envelope theorem's
-``df = (df/dtheta) dtheta`` at fixed ``x*``.
+system is solved over the free ones only; a variable held by a bound moves with the bound. The
+value's derivative is the envelope theorem's ``df = (df/dtheta) dtheta + g . dx`` (the last term on
+the held variables only).
 
 The rule is a ``jax.custom_jvp``: reverse mode (``jax.grad``, ``jax.jacrev``) comes from JAX
 transposing it, which works because the CG solve is a ``lax.custom_linear_solve``; it composes with
@@ -51,13 +52,20 @@ def differentiable_solve(solve: Callable, value_and_grad: Callable) -> Callable:
     @run.defjvp
     def run_jvp(primals, tangents):
         x0, args, lower, upper, aux = primals
-        args_dot = tangents[1]
+        _, args_dot, lower_dot, upper_dot, _ = tangents
         out = run(x0, args, lower, upper, aux)
         x, f, g = out[:3]
-        free = (x > lower) & (x < upper)
+        at_lower, at_upper = x <= lower, x >= upper
+        free = ~at_lower & ~at_upper
+        # A variable held by a bound moves with it, one for one; the free ones respond through the
+        # reduced system H_FF dx_F = -(B dtheta + H_FA dx_A).
+        x_dot_bound = jnp.where(at_lower, lower_dot, jnp.where(at_upper, upper_dot, 0.0))
         (_, _), (f_dot, b) = jax.jvp(lambda a: value_and_grad(x, a), (args,), (args_dot,))
-        x_dot = implicit_tangent(lambda v: _hvp(value_and_grad, x, args, v), -b, free)
+        rhs = -b - _hvp(value_and_grad, x, args, x_dot_bound)
+        x_dot = implicit_tangent(lambda v: _hvp(value_and_grad, x, args, v), rhs, free) + x_dot_bound
         g_dot = _hvp(value_and_grad, x, args, x_dot) + b
+        # Envelope theorem: f's change is its partial in theta plus g . dx on the held variables.
+        f_dot = f_dot + g @ x_dot_bound
         int_dots = [_zero_tangent(o) for o in out[3:]]
         return out, (x_dot, f_dot.astype(f.dtype), g_dot, *int_dots)
 
