@@ -9,14 +9,17 @@ and shapes do not compile again). The solvers themselves live in :mod:`jaxsecond
 loop); :mod:`jaxsecond.implicit_diff` makes the solution differentiable in ``args``.
 """
 
+import collections
 import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 from jax.flatten_util import ravel_pytree
+from jax.experimental import io_callback
 from jax.tree_util import keystr, tree_flatten_with_path
 
 from jaxsecond import conjugate_gradient, newton, quasi_newton, trust_region
@@ -68,9 +71,15 @@ class _MethodSpec(NamedTuple):
     run: Callable[..., Any] = run_descent
 
 
-_LBFGS_DEFAULTS = {  # scipy.optimize.minimize(method="L-BFGS-B") defaults
+# scipy.optimize.minimize(method="L-BFGS-B")'s defaults but ftol: scipy's 2.220446049250313e-09 stops
+# on one small relative decrease of f and calls it success at points far from a minimum (11 of the 46
+# runs of jaxsecond.problems). With ftol 0 the solve stops on the gradient test, or where f no longer
+# decreases at all, which is success only at a rounding-level gradient. scipy's value restores
+# scipy's iterates exactly.
+SCIPY_LBFGSB_FTOL = 2.220446049250313e-09
+_LBFGS_DEFAULTS = {
     "maxcor": 10,
-    "ftol": 2.220446049250313e-09,
+    "ftol": 0.0,
     "gtol": 1e-5,
     "maxiter": 15000,
     "maxfun": 15000,
@@ -79,11 +88,11 @@ _LBFGS_DEFAULTS = {  # scipy.optimize.minimize(method="L-BFGS-B") defaults
 }
 
 # Each method's scipy defaults (scipy/optimize/_optimize.py and _trustregion.py); maxiter None is
-# scipy's 200 * n. "newton" has no scipy counterpart: it takes trust-exact's gtol, and an ftol of ten
-# float64 ulps so that a gtol below the gradient's rounding noise ends in FTOL, not in 200 n iterations.
+# scipy's 200 * n. "newton" has no scipy counterpart: it takes trust-exact's gtol, and ftol 0 as L-BFGS:
+# a gtol below the gradient's rounding noise ends in FTOL once a Newton step no longer decreases f.
 _BFGS_DEFAULTS = {"gtol": 1e-5, "maxiter": None, "disp": False}
 _NEWTON_CG_DEFAULTS = {"xtol": 1e-5, "maxiter": None, "disp": False}
-_NEWTON_DEFAULTS = {"gtol": 1e-8, "ftol": 2.220446049250313e-15, "maxiter": None, "disp": False}
+_NEWTON_DEFAULTS = {"gtol": 1e-8, "ftol": 0.0, "maxiter": None, "disp": False}
 _TRUST_NCG_DEFAULTS = {
     "gtol": 1e-4, "maxiter": None, "initial_trust_radius": 1.0, "max_trust_radius": 1000.0, "eta": 0.15,
     "disp": False,
@@ -118,7 +127,9 @@ _METHODS = {
 _ALIASES = {"lbfgs": "l-bfgs", "lbfgsb": "l-bfgs-b", "newtoncg": "newton-cg", "trustncg": "trust-ncg"}
 
 
-def minimize(fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, options=None) -> OptimizeResult:
+def minimize(
+    fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, callback=None, options=None
+) -> OptimizeResult:
     """Minimises a scalar function of a pytree, with the whole solve compiled into one XLA loop.
 
     Args:
@@ -138,13 +149,18 @@ def minimize(fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, 
       bounds: ``None`` or ``(lower, upper)``; each side a pytree like ``x0``, a scalar, or ``None``;
         ``±inf`` entries are unbounded.
       tol: sets both ``gtol`` and ``ftol`` (``xtol`` for ``"newton-cg"``) unless ``options`` sets them.
+      callback: ``None`` or ``callback(intermediate_result)``, called at each accepted iterate with an
+        :class:`OptimizeResult` (``x``, ``fun``, ``nit``, ``nfev``) from inside the compiled loop;
+        returning ``True`` or raising ``StopIteration`` ends the solve with status ``CALLBACK``. Not
+        under ``vmap``, nor for ``"curveball"``.
       options: dict with scipy's names and, per method, scipy's defaults. L-BFGS(-B): ``maxcor``
-        (10), ``ftol`` (2.220446049250313e-09), ``gtol`` (1e-5), ``maxiter`` (15000), ``maxfun``
+        (10), ``ftol`` (0: stop on the gradient test, or where f no longer decreases at a
+        rounding-level gradient; scipy's 2.220446049250313e-09 reproduces scipy exactly), ``gtol`` (1e-5), ``maxiter`` (15000), ``maxfun``
         (15000), ``maxls`` (20). BFGS and CG: ``gtol`` (1e-5, on the infinity norm), ``maxiter``
         (200 n). Newton-CG: ``xtol`` (1e-5, average per variable of the L1 norm of the step),
         ``maxiter`` (200 n). trust-ncg: ``gtol`` (1e-4, on the 2-norm), ``maxiter`` (200 n),
         ``initial_trust_radius`` (1), ``max_trust_radius`` (1000), ``eta`` (0.15). Newton: ``gtol``
-        (1e-8), ``ftol`` (2.220446049250313e-15: stop when f stops decreasing), ``maxiter`` (200 n). All: ``disp`` (False; prints progress from inside the compiled
+        (1e-8), ``ftol`` (0, as L-BFGS), ``maxiter`` (200 n). All: ``disp`` (False; prints progress from inside the compiled
         loop).
 
     Returns:
@@ -192,16 +208,28 @@ def minimize(fun, x0, *, args=(), method=None, jac=None, bounds=None, tol=None, 
             "variables (use 'newton-cg' or 'trust-ncg', which need only Hessian-vector products)"
         )
     numeric = {k: opts.get(k, default) for k, default in _INACTIVE.items()}
-    numeric["maxiter"] = 200 * n if opts["maxiter"] is None else opts["maxiter"]
+    # The loop counts in int32: budgets beyond it (scipy's 200 n at n > 10,737,418) are unlimited.
+    int_max = int(np.iinfo(np.int32).max)
+    numeric["maxiter"] = min(200 * n if opts["maxiter"] is None else int(opts["maxiter"]), int_max)
+    numeric["maxfun"] = min(int(numeric["maxfun"]), int_max)
     if "xtol" in opts:
         numeric["xtol"] = n * opts["xtol"]  # scipy's Newton-CG: the average per variable
     if name == "curveball":
         numeric.update({k: opts[k] for k in ("damping", "learning_rate", "momentum")})
-    solve = _solve if _hashable(fun) and _hashable(jac) else _solve.__wrapped__
-    return solve(
-        x0, args, lower, upper, numeric,
-        fun=fun, jac=jac, method=name, static=tuple(sorted(static.items())), disp=bool(opts.get("disp", False)),
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be None or a callable; got {callback!r}")
+    if callback is not None and name == "curveball":
+        raise ValueError("callback is not supported by method='curveball'")
+    numeric = {k: _canonical_number(v, k) for k, v in numeric.items()}
+    x0 = jax.tree.map(jnp.asarray, x0)
+    traced_args, static_args = _split_args(args)
+    config = _SolveConfig(
+        jac=jac if jac is None or jac is True else "callable", method=name,
+        static=tuple(sorted(static.items())), disp=bool(opts.get("disp", False)), callback=callback,
     )
+    problem, consts = _trace(fun, jac, x0, traced_args, static_args)
+    solve = _compiled_solve(problem, config)
+    return solve(x0, (consts, traced_args), lower, upper, numeric)
 
 
 def _resolve_method(method, bounds):
@@ -279,32 +307,160 @@ def _check_x0(x0):
             )
 
 
-def _hashable(obj):
+def _canonical_number(value, key):
+    """A concrete option as a Python number, so that ``np.int64(100)`` and ``100`` share a compiled
+    solve; a traced one (``tol`` under ``jit``) as it is; ``None`` (automatic) stays ``None``."""
+    if value is None or isinstance(value, jax.core.Tracer):
+        return value
+    return int(value) if key in ("maxiter", "maxfun", "maxls") else float(value)
+
+
+def _is_array_like(leaf):
+    return isinstance(leaf, (jax.Array, np.ndarray, np.number, float, complex)) and not isinstance(leaf, bool)
+
+
+def _split_args(args):
+    """Splits ``args`` into traced arrays and static values.
+
+    An argument whose leaves are all arrays or floating scalars is traced (a new value reuses the
+    compiled solve; float scalars are made canonical, so ``1.0``, ``np.float64(1.0)`` and
+    ``jnp.array(1.0)`` share one). Any other hashable argument (a string, a function, a Python int or
+    bool, used as a size or a flag) is static: part of the compile-cache key.
+
+    Returns:
+      ``(traced, static)``: ``traced`` has ``args``' length with ``None`` at static positions;
+      ``static`` is a tuple of ``(position, value)``.
+    """
+    traced, static = [], []
+    for i, arg in enumerate(args):
+        leaves = jax.tree.leaves(arg)
+        if leaves and all(_is_array_like(leaf) for leaf in leaves):
+            traced.append(jax.tree.map(_canonical_scalar, arg))
+            continue
+        try:
+            hash(arg)
+        except TypeError:
+            raise TypeError(
+                f"args[{i}] must be an array (or a pytree of arrays), a float, or a hashable value "
+                f"(a string, an int, a function) used as a constant; got {type(arg).__name__}"
+            ) from None
+        traced.append(None)
+        static.append((i, arg))
+    return tuple(traced), tuple(static)
+
+
+def _canonical_scalar(leaf):
+    if isinstance(leaf, jax.core.Tracer) or np.ndim(leaf) != 0:
+        return leaf
+    dtype = jnp.result_type(leaf)
+    kind = complex if jnp.issubdtype(dtype, jnp.complexfloating) else float
+    return jnp.asarray(leaf, jnp.result_type(kind(0))) if jnp.issubdtype(dtype, jnp.inexact) else leaf
+
+
+def _merge_args(traced, static):
+    args = list(traced)
+    for i, value in static:
+        args[i] = value
+    return tuple(args)
+
+
+class _Problem:
+    """The objective as a jaxpr whose captured arrays are inputs: equal for two closures, lambdas or
+    ``functools.partial`` objects that compute the same thing, whatever arrays they capture."""
+
+    def __init__(self, jaxpr, in_tree, out_tree, const_avals):
+        self.jaxpr, self.in_tree, self.out_tree = jaxpr, in_tree, out_tree
+        self._key = (str(jaxpr), in_tree, out_tree, const_avals)
+        self._hash = hash(self._key)
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return isinstance(other, _Problem) and self._key == other._key
+
+    def __call__(self, consts, x, traced_args):
+        flat = jax.tree.leaves((x, traced_args))
+        out = jax.extend.core.jaxpr_as_fun(jax.extend.core.ClosedJaxpr(self.jaxpr, ()))(*consts, *flat)
+        return jax.tree.unflatten(self.out_tree, out)
+
+
+class _SolveConfig(NamedTuple):
+    jac: Any  # None, True or "callable" (the callable itself is part of the problem's jaxpr)
+    method: str
+    static: tuple
+    disp: bool
+    callback: Any
+
+
+# Bounded caches (least recently used first out): traced problems of hashable objectives, so that a
+# repeated call with the same function object skips tracing, and compiled solves keyed on the
+# computation. Evicting a compiled solve frees its executable.
+_TRACE_CACHE_SIZE = 256
+_COMPILE_CACHE_SIZE = 64
+_TRACE_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+_COMPILE_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+
+
+def _lru_get(cache, key, make, size):
     try:
-        hash(obj)
+        value = cache.pop(key)
+    except KeyError:
+        value = make()
+    cache[key] = value
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value
+
+
+def _avals(tree):
+    return tuple(
+        (np.shape(leaf), jnp.result_type(leaf), bool(getattr(getattr(leaf, "aval", leaf), "weak_type", False)))
+        for leaf in jax.tree.leaves(tree)
+    )
+
+
+def _trace(fun, jac, x0, traced_args, static_args):
+    """Traces ``fun`` (and ``jac``) once into a :class:`_Problem` and the arrays it captures."""
+
+    def full(x, targs):
+        args = _merge_args(targs, static_args)
+        if jac is None or jac is True:
+            return fun(x, *args)
+        return fun(x, *args), jac(x, *args)
+
+    def make():
+        closed, out = jax.make_jaxpr(full, return_shape=True)(x0, traced_args)
+        _check_outputs(out, jac, x0)
+        in_tree = jax.tree.structure((x0, traced_args))
+        problem = _Problem(closed.jaxpr.replace(constvars=[], invars=closed.jaxpr.constvars + closed.jaxpr.invars),
+                           in_tree, jax.tree.structure(out), _avals(closed.consts))
+        return problem, tuple(closed.consts)
+
+    try:
+        key = (fun, jac, static_args, jax.tree.structure((x0, traced_args)), _avals((x0, traced_args)))
+        hash(key)
     except TypeError:
-        return False
-    return True
+        return make()
+    problem, consts = _lru_get(_TRACE_CACHE, key, make, _TRACE_CACHE_SIZE)
+    if any(isinstance(c, jax.core.Tracer) for c in consts):
+        # Captured tracers belong to the trace that made them (an outer jit, grad or vmap): trace
+        # again, and do not keep them.
+        _TRACE_CACHE.pop(key, None)
+        return make()
+    return problem, consts
 
 
-def _value_and_grad(fun, jac):
-    """``(x, *args) -> (value, grad_pytree)`` for the three forms of ``jac``."""
-    if jac is None:
-        return jax.value_and_grad(fun)
-    if jac is True:
-        return fun
-    return lambda x, *args: (fun(x, *args), jac(x, *args))
-
-
-def _check_outputs(fun, jac, x0, args):
-    """Checks the shapes and dtypes ``fun`` (and ``jac``) return, at trace time (no evaluation)."""
-    out = jax.eval_shape(fun, x0, *args)
+def _check_outputs(out, jac, x0):
+    """Checks the shapes and dtypes ``fun`` (and ``jac``) return (from the trace, no evaluation)."""
     if jac is True:
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise ValueError("with jac=True, fun must return a pair (value, grad_pytree)")
         value, grad = out
+    elif jac is None:
+        value, grad = out, None
     else:
-        value, grad = out, (jax.eval_shape(jac, x0, *args) if callable(jac) else None)
+        value, grad = out
     if not hasattr(value, "shape") or value.shape != () or not jnp.issubdtype(value.dtype, jnp.floating):
         raise ValueError(
             "fun must return a scalar floating value"
@@ -324,10 +480,26 @@ def _check_outputs(fun, jac, x0, args):
                 )
 
 
-@functools.partial(jax.jit, static_argnames=("fun", "jac", "method", "static", "disp"))
-def _solve(x0, args, lower, upper, numeric, *, fun, jac, method, static, disp):
-    x0 = jax.tree.map(jnp.asarray, x0)
-    _check_outputs(fun, jac, x0, args)
+def _compiled_solve(problem, config):
+    return _lru_get(
+        _COMPILE_CACHE, (problem, config), lambda: jax.jit(functools.partial(_solve, problem, config)),
+        _COMPILE_CACHE_SIZE,
+    )
+
+
+def _host_callback(callback, x, f, nit, nfev):
+    intermediate = OptimizeResult(
+        x=x, fun=f, jac=None, nit=nit, nfev=nfev, njev=nfev, status=np.int32(Status.RUNNING), success=False
+    )
+    try:
+        stop = callback(intermediate)
+    except StopIteration:
+        stop = True
+    return np.bool_(stop is True)
+
+
+def _solve(problem, config, x0, args, lower, upper, numeric):
+    method = config.method
     spec = _METHODS[method]
     x_flat, unravel = ravel_pytree(x0)
     dtype = x_flat.dtype
@@ -336,11 +508,22 @@ def _solve(x0, args, lower, upper, numeric, *, fun, jac, method, static, disp):
         up = jnp.full_like(x_flat, jnp.inf)
     else:
         lo, up = ravel_pytree(lower)[0].astype(dtype), ravel_pytree(upper)[0].astype(dtype)
-    value_and_grad = _value_and_grad(fun, jac)
+
+    def fun(x, args):
+        return problem(args[0], x, args[1])
+
+    value_and_grad = jax.value_and_grad(fun) if config.jac is None else fun
 
     def flat_value_and_grad(x, args):
-        value, grad = value_and_grad(unravel(x), *args)
+        value, grad = value_and_grad(unravel(x), args)
         return jnp.asarray(value, dtype), ravel_pytree(grad)[0].astype(dtype)
+
+    on_iterate = None
+    if config.callback is not None:
+        host = functools.partial(_host_callback, config.callback)
+
+        def on_iterate(x, f, g, nit, nfev):
+            return io_callback(host, jax.ShapeDtypeStruct((), bool), unravel(x), f, nit, nfev, ordered=True)
 
     def solve(x_start, args, lo, up, numeric):
         options = DescentOptions(
@@ -352,14 +535,16 @@ def _solve(x0, args, lower, upper, numeric, *, fun, jac, method, static, disp):
             xtol=jnp.asarray(numeric["xtol"], dtype),
         )
         vg = lambda x: flat_value_and_grad(x, args)
+        static = dict(config.static)
         if method == "curveball":
             fun_only = lambda x: vg(x)[0]
-            return run_curveball(vg, fun_only, x_start, numeric, **dict(static))
-        solver = spec.make(vg, **dict(static)) if spec.objective else spec.make(**dict(static))
-        out = spec.run(vg, x_start, lo, up, solver, options, disp=disp)
+            return run_curveball(vg, fun_only, x_start, numeric, **static)
+        solver = spec.make(vg, **static) if spec.objective else spec.make(**static)
+        out = spec.run(vg, x_start, lo, up, solver, options, disp=config.disp, on_iterate=on_iterate)
         return out.x, out.f, out.g, out.nit, out.nfev, out.status
 
-    # Derivatives with respect to args by the implicit function theorem, not through the loop.
+    # Derivatives with respect to args (and the arrays fun captures, and the bounds) by the implicit
+    # function theorem, not through the loop.
     x, f, g, nit, nfev, status = differentiable_solve(solve, flat_value_and_grad)(
         jnp.clip(x_flat, lo, up), args, lo, up, numeric
     )
