@@ -274,7 +274,8 @@ def _smallest_window(path: _Path, size: int) -> _Window:
     they are then sorted exactly. (``top_k`` of float32 is the fast selection on CPU and GPU alike.)
     """
     t32 = path.t.astype(jnp.float32)
-    neg, index = lax.top_k(-t32, size)
+    # The barrier keeps XLA from fusing top_k with its consumers, which turns it into a full sort.
+    neg, index = lax.optimization_barrier(lax.top_k(-t32, size))
     cut = -neg[-1]
     inside = t32[index] < cut
     order = jnp.lexsort((index, jnp.where(inside, path.t[index], jnp.inf)))
