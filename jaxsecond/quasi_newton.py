@@ -296,13 +296,15 @@ def cauchy_point(memory: LimitedMemory, compact: _Compact, x, g, lower, upper, *
     the breakpoint loop replaced by prefix sums over the sorted breakpoints (``_search_window``):
     no loop over breakpoints, and the same point as the sequential algorithm to rounding. Like
     scipy's heap, it sorts only as far as needed: segment 0 first (one ``min``), then the
-    ``window`` smallest breakpoints, and only if the Cauchy point lies beyond them all of them.
+    ``window``, ``16 window``, ``256 window``, ... smallest breakpoints (below ``n``), and only if the
+    Cauchy point lies beyond them all of them.
     With no pair stored the model is ``theta I``, separable, and the point is ``P(x - g / theta)``.
 
     Args:
       memory, compact: the correction pairs and their compact representation.
       x, g, lower, upper: flat point, gradient and box.
-      window: how many of the smallest breakpoints the second stage examines.
+      window: how many of the smallest breakpoints the second stage examines (16 times more each
+        further stage).
 
     Returns:
       ``(xcp, c, free)``: the Cauchy point, ``c = W^T (xcp - x)`` and the mask of variables that are
@@ -329,10 +331,11 @@ def cauchy_point(memory: LimitedMemory, compact: _Compact, x, g, lower, upper, *
     def search(make_window, otherwise):
         return lambda: _search_or(_search_window(memory, compact, path, p0, make_window()), otherwise)
 
-    size = min(window, x.shape[0])
-    full = search(lambda: _full_window(path), None)
-    smallest = search(lambda: _smallest_window(path, size), full)
-    first = search(lambda: _first_window(path), smallest)
+    stage = search(lambda: _full_window(path), None)
+    sizes = [window * 16**i for i in range(8) if window * 16**i < x.shape[0]] or [x.shape[0]]
+    for size in reversed(sizes):
+        stage = search(functools.partial(_smallest_window, path, size), stage)
+    first = search(lambda: _first_window(path), stage)
     stop = lax.cond(memory.count == 0, steepest_descent, first)
     xcp = jnp.where(stop.hit, jnp.where(path.d > 0, upper, lower), x + stop.tsum * path.d)
     return jnp.clip(xcp, lower, upper), stop.c, ~(path.blocked | stop.hit)
