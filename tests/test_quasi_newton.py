@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from jaxsecond import quasi_newton as qn
 
@@ -61,7 +62,8 @@ def test_compact_representation_is_the_bfgs_matrix(count):
 
 def _reference_cauchy_point(b, x, g, lower, upper):
     """First local minimiser of q(p) = g.(p - x) + (p - x).B(p - x)/2 along P(x - t g), segment by segment."""
-    t_break = np.where(g < 0, (x - upper) / g, np.where(g > 0, (x - lower) / g, np.inf))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_break = np.where(g < 0, (x - upper) / g, np.where(g > 0, (x - lower) / g, np.inf))
     points = np.unique(np.concatenate([[0.0], t_break[np.isfinite(t_break) & (t_break > 0)], [np.inf]]))
     for t0, t1 in zip(points[:-1], points[1:]):
         start = np.clip(x - t0 * g, lower, upper)
@@ -95,6 +97,144 @@ def test_cauchy_point_is_first_minimiser_along_projected_path(seed):
     np.testing.assert_allclose(c, w @ (expected - x), rtol=1e-8, atol=1e-12)
     at_bound = (expected == lower) | (expected == upper)
     np.testing.assert_array_equal(np.asarray(free), ~at_bound)
+
+
+def _sequential_cauchy_point(memory, compact, x, g, lower, upper):
+    """The breakpoint loop of L-BFGS-B 3.0's ``cauchy`` (jaxsecond's implementation up to 5c9ddc3).
+
+    Returns ``(xcp, c, free, nfixed)``, ``nfixed`` the number of breakpoints passed.
+    """
+    dtype = x.dtype
+    eps = jnp.finfo(dtype).eps
+    fixed = lower == upper
+    at_lower = x <= lower
+    at_upper = x >= upper
+    blocked = fixed | (at_lower & (g >= 0)) | (at_upper & (g <= 0))
+    d = jnp.where(blocked | (g == 0), 0.0, -g)
+    t = jnp.where((d < 0) & jnp.isfinite(lower), (x - lower) / jnp.where(d < 0, -d, 1), jnp.inf)
+    t = jnp.where((d > 0) & jnp.isfinite(upper), (upper - x) / jnp.where(d > 0, d, 1), t)
+    has_break = jnp.isfinite(t)
+    # All moving variables have breakpoints: the path ends at the last one.
+    bounded_path = jnp.all(has_break | (d == 0))
+    nbreak = jnp.sum(has_break)
+    # Sorting is the one O(n log n) step: skip it when the path meets no bound (unconstrained).
+    order = lax.cond(nbreak > 0, jnp.argsort, lambda t: jnp.arange(t.shape[0]), t)
+
+    mmat = compact.mmat
+    p = qn._w_transpose_times(memory, compact, d)
+    f1 = -(d @ d)
+    f2 = -compact.theta * f1 - p @ (mmat @ p)
+    f2_org = f2
+    dtm0 = -f1 / f2
+
+    wy_rows = memory.y.T  # (n, m) so that row b is the b-th component of each y
+    ws_rows = memory.s.T
+
+    def cond(state):
+        k, _, _, _, _, _, _, done = state
+        return (k < nbreak) & ~done
+
+    def body(state):
+        k, told, f1, f2, p, c, dtm, _ = state
+        b = order[k]
+        tj = t[b]
+        dt = tj - told
+        stop = dtm < dt
+        db = d[b]
+        zb = jnp.where(db > 0, upper[b], lower[b]) - x[b]
+        wb = jnp.where(compact.valid2, jnp.concatenate([wy_rows[b], compact.theta * ws_rows[b]]), 0.0)
+        c_new = c + dt * p
+        mwb = mmat @ wb
+        f1_new = f1 + dt * f2 + db * db - compact.theta * db * zb + db * (c_new @ mwb)
+        f2_new = f2 - compact.theta * db * db + 2.0 * db * (p @ mwb) - db * db * (wb @ mwb)
+        f2_new = jnp.maximum(eps * f2_org, f2_new)
+        p_new = p - db * wb
+        last = k + 1 == nbreak
+        dtm_new = jnp.where(last & bounded_path, 0.0, -f1_new / f2_new)
+        new = (k + 1, tj, f1_new, f2_new, p_new, c_new, dtm_new, stop)
+        old = (k, told, f1, f2, p, c, dtm, stop)
+        return jax.tree.map(lambda a, o: jnp.where(stop, o, a), new, old)
+
+    zero = jnp.zeros((), dtype)
+    init = (jnp.zeros((), nbreak.dtype), zero, f1, f2, p, jnp.zeros_like(p), dtm0, jnp.zeros((), bool))
+    nfixed, told, _, _, p, c, dtm, _ = lax.while_loop(cond, body, init)
+    dtm = jnp.maximum(dtm, 0.0)
+    tsum = told + dtm
+    c = c + dtm * p
+    position = jnp.empty_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+    hit = position < nfixed
+    xcp = jnp.where(hit, jnp.where(d > 0, upper, lower), x + tsum * d)
+    xcp = jnp.clip(xcp, lower, upper)
+    free = ~(blocked | hit)
+    return xcp, c, free, nfixed
+
+
+_N_BIG, _WINDOW = 40, 4  # small window: the three stages of the search are all reached
+_cauchy = jax.jit(qn.cauchy_point, static_argnames="window")
+_sequential = jax.jit(_sequential_cauchy_point)
+
+
+def _cauchy_case(case, seed):
+    """A point, gradient and box of size ``_N_BIG`` for ``case`` (see the test's parameters)."""
+    rng = np.random.default_rng(seed)
+    n = _N_BIG
+    x = rng.uniform(-1, 1, n)
+    g = rng.normal(size=n)
+    lower, upper = x - rng.uniform(0.05, 2, n), x + rng.uniform(0.05, 2, n)
+    if case == "ties":  # groups of equal breakpoints, also at the Cauchy point's segment
+        g = np.sign(g) * rng.choice([0.5, 1.0], n)
+        lower, upper = x - 0.5, x + 0.5
+    elif case == "one-sided":
+        lower[::3], upper[1::3] = -np.inf, np.inf
+        lower[2::6], upper[2::6] = -np.inf, np.inf
+    elif case == "at-bounds":  # on a bound (blocked or leaving it), fixed, zero gradient
+        lower[:8] = x[:8]
+        upper[8:16] = x[8:16]
+        lower[16:18] = upper[16:18] = x[16:18]
+        g[18:24] = 0.0
+    elif case == "tiny-curvature":  # only a slowly moving unbounded variable is left at the end
+        lower, upper = x - 1e-3, x + 1e-3
+        lower[0], upper[0] = -np.inf, np.inf
+        g[0] = 1e-9
+    elif case == "far":  # the Cauchy point is beyond most breakpoints
+        g = g * 100
+    return x, g, lower, upper
+
+
+@pytest.mark.parametrize("case", ["random", "ties", "one-sided", "at-bounds", "tiny-curvature", "far"])
+@pytest.mark.parametrize("count", [0, M + 2])
+def test_cauchy_point_matches_the_sequential_algorithm(case, count):
+    s, y = _pairs(count, seed=7)
+    s = np.tile(s, (1, -(-_N_BIG // N)))[:, :_N_BIG]  # pairs of the bigger size
+    y = np.tile(y, (1, -(-_N_BIG // N)))[:, :_N_BIG] + 0.1 * s
+    memory = qn.init_memory(jnp.zeros(_N_BIG), M)
+    for si, yi in zip(s, y):
+        memory = qn.push_pair(memory, jnp.asarray(si), jnp.asarray(yi))
+    compact = qn._compact_representation(memory)
+    passed = set()
+    for seed in range(4):
+        args = [jnp.asarray(v) for v in _cauchy_case(case, seed)]
+        xcp, c, free = _cauchy(memory, compact, *args, window=_WINDOW)
+        xcp_ref, c_ref, free_ref, nfixed = _sequential(memory, compact, *args)
+        # The sequential updates of slope and curvature lose about eps |d|^2 / |d_k|^2 (relative) once
+        # most of the path is fixed ("far"); where only the variable with gradient 1e-9 still moves
+        # ("tiny-curvature") the curvature is below L-BFGS-B's floor eps f2_0 and how far it moves
+        # is rounding noise in either algorithm.
+        atol = {"far": 1e-9, "tiny-curvature": 1e-8}.get(case, 1e-14)
+        np.testing.assert_allclose(xcp, xcp_ref, rtol=1e-12, atol=atol)
+        np.testing.assert_allclose(c, c_ref, rtol=1e-9, atol=max(atol, 1e-12) * 100)
+        if case != "tiny-curvature":  # against the dense, segment-by-segment reference as well
+            w = np.concatenate([np.asarray(memory.y), float(compact.theta) * np.asarray(memory.s)])
+            w = w * np.asarray(compact.valid2)[:, None]
+            b = float(compact.theta) * np.eye(_N_BIG) - w.T @ np.asarray(compact.mmat) @ w
+            expected = _reference_cauchy_point(b, *map(np.asarray, args))
+            np.testing.assert_allclose(xcp, expected, rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(free, free_ref)
+        passed.add(min(int(nfixed), _WINDOW))
+    if case == "far" and count:
+        assert _WINDOW in passed  # the last stage, over all breakpoints, was needed
+    if case == "random" and count:
+        assert 0 in passed and len(passed - {0, _WINDOW}) > 0  # the first two stages
 
 
 def test_subspace_step_is_the_reduced_newton_step():
