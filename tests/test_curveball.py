@@ -1,6 +1,7 @@
 """Tests for jaxsecond.curveball (Henriques et al. 2019)."""
 
 import importlib
+import io
 
 import chex
 import jax
@@ -511,30 +512,113 @@ def test_update_requires_predict_and_loss_functions():
         opt.update(params, state, None, predict_fn=predict_fn, loss_fn=lambda o: 0.0)
 
 
-def test_equinox_model_if_installed():
-    eqx = pytest.importorskip("equinox")
-    model = eqx.nn.MLP(3, 2, 8, 1, key=jax.random.PRNGKey(0))
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 3)))
-    y = jnp.sin(x[:, :2])
-    predict_fn = lambda p: jax.vmap(eqx.combine(p, static))(x)  # noqa: E731
+# flax and equinox models (both are in the `test` extra): a model of each library trains with
+# CurveBall and with js.adamw exactly as the same network written in plain JAX with the same
+# parameters, and a checkpoint of its state leaves (saved with numpy) resumes bit-identically.
+
+
+def _third_party_data():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(16, 3)))
+    return x, jnp.sin(x[:, :2])
+
+
+def _trainer(opt, predict_fn, loss_fn):
+    is_curveball = isinstance(opt, optax.GradientTransformationExtraArgs)
+
+    @jax.jit
+    def step(params, state):
+        value, grads = jax.value_and_grad(lambda p: loss_fn(predict_fn(p)))(params)
+        if is_curveball:
+            updates, state = opt.update(grads, state, params, predict_fn=predict_fn, loss_fn=loss_fn)
+        else:
+            updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, value
+
+    def train(params, state, steps):
+        values = []
+        for _ in range(steps):
+            params, state, value = step(params, state)
+            values.append(float(value))
+        return params, state, np.array(values)
+
+    return train
+
+
+def _check_against_plain_jax(opt, params, predict_fn, plain_params, plain_predict, to_plain):
+    _, y = _third_party_data()
     loss_fn = lambda o: jnp.mean((o - y) ** 2)  # noqa: E731
-    loss0 = loss_fn(predict_fn(params))
-    params, state = _run(js.curveball(), params, predict_fn, loss_fn, steps=20)
-    assert float(loss_fn(predict_fn(params))) < float(loss0)
+    np.testing.assert_allclose(predict_fn(params), plain_predict(plain_params), rtol=1e-12)
+    train = _trainer(opt, predict_fn, loss_fn)
+    trained, state, values = train(params, opt.init(params), 10)
+    plain_trained, _, plain_values = _trainer(opt, plain_predict, loss_fn)(
+        plain_params, opt.init(plain_params), 10
+    )
+    np.testing.assert_allclose(values, plain_values, rtol=1e-6)
+    chex.assert_trees_all_close(to_plain(trained), plain_trained, rtol=1e-6, atol=1e-9)
+    assert values[-1] < 0.5 * values[0]
+    # Checkpoint after 5 steps: save the leaves with numpy, restore into the treedef, continue.
+    p, s, _ = train(params, opt.init(params), 5)
+    leaves, treedef = jax.tree.flatten((p, s))
+    buffer = io.BytesIO()
+    np.savez(buffer, *[np.asarray(leaf) for leaf in leaves])
+    buffer.seek(0)
+    with np.load(buffer) as saved:
+        restored = [jnp.asarray(saved[f"arr_{i}"]) for i in range(len(leaves))]
+    p, s = jax.tree.unflatten(treedef, restored)
+    p, s, _ = train(p, s, 5)
+    chex.assert_trees_all_equal((p, s), (trained, state))
 
 
-def test_flax_model_if_installed():
-    nn = pytest.importorskip("flax.linen")
-    model = nn.Sequential([nn.Dense(8), nn.tanh, nn.Dense(2)])
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 3)))
-    y = jnp.sin(x[:, :2])
+_THIRD_PARTY_OPTIMIZERS = {
+    "curveball": lambda: js.curveball(),
+    "adamw": lambda: js.adamw(0.05, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_THIRD_PARTY_OPTIMIZERS))
+def test_flax_linen_model_trains_as_the_same_network_in_plain_jax(name):
+    import flax.linen as nn
+
+    x, _ = _third_party_data()
+    model = nn.Sequential([nn.Dense(8, param_dtype=jnp.float64), nn.tanh,
+                           nn.Dense(2, param_dtype=jnp.float64)])
     params = model.init(jax.random.PRNGKey(0), x)
     predict_fn = lambda p: model.apply(p, x)  # noqa: E731
-    loss_fn = lambda o: jnp.mean((o - y) ** 2)  # noqa: E731
-    loss0 = loss_fn(predict_fn(params))
-    params, state = _run(js.curveball(), params, predict_fn, loss_fn, steps=20)
-    assert float(loss_fn(predict_fn(params))) < float(loss0)
+
+    def to_plain(p):
+        layers = p["params"]
+        return {k: (layers[f"layers_{i}"]["kernel"], layers[f"layers_{i}"]["bias"])
+                for k, i in (("hidden", 0), ("out", 2))}
+
+    def plain_predict(q):
+        return jnp.tanh(x @ q["hidden"][0] + q["hidden"][1]) @ q["out"][0] + q["out"][1]
+
+    _check_against_plain_jax(
+        _THIRD_PARTY_OPTIMIZERS[name](), params, predict_fn, to_plain(params), plain_predict,
+        to_plain,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(_THIRD_PARTY_OPTIMIZERS))
+def test_equinox_model_trains_as_the_same_network_in_plain_jax(name):
+    import equinox as eqx
+
+    x, _ = _third_party_data()
+    model = eqx.nn.MLP(3, 2, 8, 1, activation=jnp.tanh, key=jax.random.PRNGKey(0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    predict_fn = lambda p: jax.vmap(eqx.combine(p, static))(x)  # noqa: E731
+
+    def to_plain(p):
+        return {k: (p.layers[i].weight, p.layers[i].bias) for k, i in (("hidden", 0), ("out", 1))}
+
+    def plain_predict(q):
+        return jnp.tanh(x @ q["hidden"][0].T + q["hidden"][1]) @ q["out"][0].T + q["out"][1]
+
+    _check_against_plain_jax(
+        _THIRD_PARTY_OPTIMIZERS[name](), params, predict_fn, to_plain(params), plain_predict,
+        to_plain,
+    )
 
 
 # --- minimize(method="curveball") ---------------------------------------------------------------
