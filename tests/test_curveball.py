@@ -476,6 +476,22 @@ def test_checkpoint_as_numpy_and_resume_gives_identical_trajectory():
     chex.assert_trees_all_equal(reference, (p, s))
 
 
+@pytest.mark.parametrize("scale", [1.0, 128.0])
+def test_defaults_train_the_softmax_regression_of_issue_13_for_mean_and_sum_losses(scale):
+    # Issue #13: separable softmax regression, 50 steps after clip_by_global_norm(10). The old
+    # defaults (lambda0 = 10, factor 0.999) ended at 0.51 (mean loss); tuned SGD+momentum at 0.027.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype(np.float32)
+    y = jnp.asarray(np.argmax(x @ rng.normal(size=(8, 3)).astype(np.float32), axis=1))
+    x = jnp.asarray(x)
+    params = {"w": jnp.zeros((8, 3), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+    predict_fn = lambda p: x @ p["w"] + p["b"]  # noqa: E731
+    loss_fn = lambda o: scale * optax.softmax_cross_entropy_with_integer_labels(o, y).mean()  # noqa: E731
+    opt = optax.chain(optax.clip_by_global_norm(10.0), js.curveball())
+    params, _ = _run(opt, params, predict_fn, loss_fn, steps=50)
+    assert float(loss_fn(predict_fn(params))) / scale < 0.03
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument validation and third-party models
 # ---------------------------------------------------------------------------------------------
@@ -643,6 +659,25 @@ def test_minimize_curveball_rosenbrock_and_budget():
     np.testing.assert_allclose(res.x, [1.0, 1.0], atol=1e-4)
     capped = js.minimize(rosen, jnp.array([-1.2, 1.0]), method="curveball", options={"maxiter": 5})
     assert int(capped.status) == js.Status.MAXITER and not bool(capped.success) and int(capped.nit) == 5
+
+
+@pytest.mark.parametrize("maxfun", [0, 1, 2, 4, 5, 7])
+def test_minimize_curveball_never_exceeds_maxfun(maxfun):
+    # Issue #16 item 8: maxfun 5 gave nfev 6, 2 gave 4, 7 gave 8.
+    rosen = lambda x: 100.0 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2  # noqa: E731
+    res = js.minimize(rosen, jnp.array([-1.2, 1.0]), method="curveball", options={"maxfun": maxfun})
+    assert int(res.status) == js.Status.MAXFUN
+    assert int(res.nfev) <= max(maxfun, 1)
+    # The budget is used: one more iteration (2 or 3 evaluations) would not have fitted.
+    assert int(res.nfev) + 3 > max(maxfun, 1)
+
+
+def test_minimize_curveball_disp_prints_iterates_and_the_final_status(capfd):
+    res = js.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(2), method="curveball",
+                      options={"disp": True, "maxiter": 3})
+    jax.effects_barrier()
+    out = capfd.readouterr().out
+    assert out.count("iter ") == 4 and "MAXITER" in out and f"nfev = {int(res.nfev)}" in out
 
 
 def test_minimize_curveball_rejects_bounds_and_unknown_options():
