@@ -698,8 +698,17 @@ def run_curveball(value_and_grad, fun, x0, options, *, damping_interval=5, disp=
         x = state.x + updates
         f, g = value_and_grad(x)
         nfev = state.nfev + step_cost(state.opt_state)
-        new = _SolveState(x, jnp.asarray(f, x0.dtype), g, opt_state, state.nit + 1, nfev, state.status)
-        return check(new, False)
+        new = check(
+            _SolveState(x, jnp.asarray(f, x0.dtype), g, opt_state, state.nit + 1, nfev, state.status),
+            False,
+        )
+        # A step into a non-finite region (taken on a step that did not evaluate the damping
+        # rule's trial value) ends the solve at the last finite iterate.
+        failed = new.status == Status.NONFINITE
+        return new._replace(
+            x=jnp.where(failed, state.x, new.x), f=jnp.where(failed, state.f, new.f),
+            g=jnp.where(failed, state.g, new.g),
+        )
 
     f0, g0 = value_and_grad(x0)
     init = _SolveState(

@@ -672,6 +672,13 @@ def test_minimize_curveball_never_exceeds_maxfun(maxfun):
     assert int(res.nfev) + 3 > max(maxfun, 1)
 
 
+def test_minimize_curveball_stops_at_the_last_finite_iterate_before_a_nan_wall():
+    fun = lambda x: jnp.sum(jnp.where(x < 1.0, (x - 2.0) ** 2, jnp.nan))  # noqa: E731
+    res = js.minimize(fun, jnp.zeros(2), method="curveball", options={"maxiter": 50})
+    assert int(res.status) == js.Status.NONFINITE
+    assert bool(jnp.all(res.x < 1.0)) and float(res.fun) == float(fun(res.x)) < float(fun(jnp.zeros(2)))
+
+
 def test_minimize_curveball_disp_prints_iterates_and_the_final_status(capfd):
     res = js.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(2), method="curveball",
                       options={"disp": True, "maxiter": 3})
