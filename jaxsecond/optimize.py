@@ -101,12 +101,11 @@ _CURVEBALL_DEFAULTS = {
     "gtol": 1e-5,
     "maxiter": 15000,
     "maxfun": 45000,
-    # minimize's default damping is 1, not the transform's 10: on deterministic problems the exact
-    # Hessian needs little regularisation (Rosenbrock: 25 instead of 170 iterations).
-    "damping": 1.0,
+    "damping": 1.0,  # the transform's default (the authors' MATLAB code)
     "damping_interval": 5,
     "learning_rate": None,
     "momentum": None,
+    "disp": False,
 }
 # Values of the loop's numeric options for methods that do not have them: tests that never fire.
 _INACTIVE = {"gtol": 0.0, "ftol": -np.inf, "maxfun": np.iinfo(np.int32).max, "maxls": 100, "xtol": -1.0}
@@ -538,7 +537,7 @@ def _solve(problem, config, x0, args, lower, upper, numeric):
         static = dict(config.static)
         if method == "curveball":
             fun_only = lambda x: vg(x)[0]
-            return run_curveball(vg, fun_only, x_start, numeric, **static)
+            return run_curveball(vg, fun_only, x_start, numeric, disp=config.disp, **static)
         solver = spec.make(vg, **static) if spec.objective else spec.make(**static)
         out = spec.run(vg, x_start, lo, up, solver, options, disp=config.disp, on_iterate=on_iterate)
         return out.x, out.f, out.g, out.nit, out.nfev, out.status

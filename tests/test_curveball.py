@@ -1,6 +1,7 @@
 """Tests for jaxsecond.curveball (Henriques et al. 2019)."""
 
 import importlib
+import io
 
 import chex
 import jax
@@ -226,13 +227,13 @@ def test_damping_rises_after_a_badly_predicted_step():
     params = jnp.array([10.0])
     _, state = _run(opt, params, lambda w: w, loss_fn, steps=1)
     assert float(state.ratio) < 0.5
-    np.testing.assert_allclose(state.damping, 1e-3 / 0.999**5)
+    np.testing.assert_allclose(state.damping, 1e-3 / 0.9**5)  # the default factor 0.9
 
 
 def test_damping_falls_after_a_well_predicted_step():
     # On a quadratic the damped model over-estimates the curvature (ratio = 2 - 1/(1+lambda)).
     fun, _ = _quadratic(n=1)
-    opt = js.curveball(damping=10.0)
+    opt = js.curveball(damping=10.0, damping_factor=0.999)  # the PyTorch port's exact rule
     _, state = _run(opt, jnp.array([3.0]), lambda w: w, fun, steps=1)
     assert float(state.ratio) > 1.5
     np.testing.assert_allclose(state.damping, 10.0 * 0.999**5)
@@ -244,7 +245,7 @@ def test_damping_adapts_only_every_interval():
     _, state = _run(opt, jnp.zeros(6), lambda w: w, fun, steps=4)  # adapts at counts 0 and 3
     assert int(state.count) == 4
     # two adaptations happened: lambda moved by factor**3 twice or not at all, nothing else
-    exponent = np.log(float(state.damping) / 10.0) / np.log(0.999**3)
+    exponent = np.log(float(state.damping) / 10.0) / np.log(0.9**3)
     assert min(abs(exponent - k) for k in (-2, 0, 2)) < 1e-6
     _, state_off = _run(
         js.curveball(damping=10.0, adaptive_damping=False), jnp.zeros(6), lambda w: w, fun, 4
@@ -475,6 +476,22 @@ def test_checkpoint_as_numpy_and_resume_gives_identical_trajectory():
     chex.assert_trees_all_equal(reference, (p, s))
 
 
+@pytest.mark.parametrize("scale", [1.0, 128.0])
+def test_defaults_train_the_softmax_regression_of_issue_13_for_mean_and_sum_losses(scale):
+    # Issue #13: separable softmax regression, 50 steps after clip_by_global_norm(10). The old
+    # defaults (lambda0 = 10, factor 0.999) ended at 0.51 (mean loss); tuned SGD+momentum at 0.027.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype(np.float32)
+    y = jnp.asarray(np.argmax(x @ rng.normal(size=(8, 3)).astype(np.float32), axis=1))
+    x = jnp.asarray(x)
+    params = {"w": jnp.zeros((8, 3), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+    predict_fn = lambda p: x @ p["w"] + p["b"]  # noqa: E731
+    loss_fn = lambda o: scale * optax.softmax_cross_entropy_with_integer_labels(o, y).mean()  # noqa: E731
+    opt = optax.chain(optax.clip_by_global_norm(10.0), js.curveball())
+    params, _ = _run(opt, params, predict_fn, loss_fn, steps=50)
+    assert float(loss_fn(predict_fn(params))) / scale < 0.03
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument validation and third-party models
 # ---------------------------------------------------------------------------------------------
@@ -511,30 +528,113 @@ def test_update_requires_predict_and_loss_functions():
         opt.update(params, state, None, predict_fn=predict_fn, loss_fn=lambda o: 0.0)
 
 
-def test_equinox_model_if_installed():
-    eqx = pytest.importorskip("equinox")
-    model = eqx.nn.MLP(3, 2, 8, 1, key=jax.random.PRNGKey(0))
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 3)))
-    y = jnp.sin(x[:, :2])
-    predict_fn = lambda p: jax.vmap(eqx.combine(p, static))(x)  # noqa: E731
+# flax and equinox models (both are in the `test` extra): a model of each library trains with
+# CurveBall and with js.adamw exactly as the same network written in plain JAX with the same
+# parameters, and a checkpoint of its state leaves (saved with numpy) resumes bit-identically.
+
+
+def _third_party_data():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(16, 3)))
+    return x, jnp.sin(x[:, :2])
+
+
+def _trainer(opt, predict_fn, loss_fn):
+    is_curveball = isinstance(opt, optax.GradientTransformationExtraArgs)
+
+    @jax.jit
+    def step(params, state):
+        value, grads = jax.value_and_grad(lambda p: loss_fn(predict_fn(p)))(params)
+        if is_curveball:
+            updates, state = opt.update(grads, state, params, predict_fn=predict_fn, loss_fn=loss_fn)
+        else:
+            updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, value
+
+    def train(params, state, steps):
+        values = []
+        for _ in range(steps):
+            params, state, value = step(params, state)
+            values.append(float(value))
+        return params, state, np.array(values)
+
+    return train
+
+
+def _check_against_plain_jax(opt, params, predict_fn, plain_params, plain_predict, to_plain):
+    _, y = _third_party_data()
     loss_fn = lambda o: jnp.mean((o - y) ** 2)  # noqa: E731
-    loss0 = loss_fn(predict_fn(params))
-    params, state = _run(js.curveball(), params, predict_fn, loss_fn, steps=20)
-    assert float(loss_fn(predict_fn(params))) < float(loss0)
+    np.testing.assert_allclose(predict_fn(params), plain_predict(plain_params), rtol=1e-12)
+    train = _trainer(opt, predict_fn, loss_fn)
+    trained, state, values = train(params, opt.init(params), 10)
+    plain_trained, _, plain_values = _trainer(opt, plain_predict, loss_fn)(
+        plain_params, opt.init(plain_params), 10
+    )
+    np.testing.assert_allclose(values, plain_values, rtol=1e-6)
+    chex.assert_trees_all_close(to_plain(trained), plain_trained, rtol=1e-6, atol=1e-9)
+    assert values[-1] < 0.5 * values[0]
+    # Checkpoint after 5 steps: save the leaves with numpy, restore into the treedef, continue.
+    p, s, _ = train(params, opt.init(params), 5)
+    leaves, treedef = jax.tree.flatten((p, s))
+    buffer = io.BytesIO()
+    np.savez(buffer, *[np.asarray(leaf) for leaf in leaves])
+    buffer.seek(0)
+    with np.load(buffer) as saved:
+        restored = [jnp.asarray(saved[f"arr_{i}"]) for i in range(len(leaves))]
+    p, s = jax.tree.unflatten(treedef, restored)
+    p, s, _ = train(p, s, 5)
+    chex.assert_trees_all_equal((p, s), (trained, state))
 
 
-def test_flax_model_if_installed():
-    nn = pytest.importorskip("flax.linen")
-    model = nn.Sequential([nn.Dense(8), nn.tanh, nn.Dense(2)])
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 3)))
-    y = jnp.sin(x[:, :2])
+_THIRD_PARTY_OPTIMIZERS = {
+    "curveball": lambda: js.curveball(),
+    "adamw": lambda: js.adamw(0.05, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_THIRD_PARTY_OPTIMIZERS))
+def test_flax_linen_model_trains_as_the_same_network_in_plain_jax(name):
+    import flax.linen as nn
+
+    x, _ = _third_party_data()
+    model = nn.Sequential([nn.Dense(8, param_dtype=jnp.float64), nn.tanh,
+                           nn.Dense(2, param_dtype=jnp.float64)])
     params = model.init(jax.random.PRNGKey(0), x)
     predict_fn = lambda p: model.apply(p, x)  # noqa: E731
-    loss_fn = lambda o: jnp.mean((o - y) ** 2)  # noqa: E731
-    loss0 = loss_fn(predict_fn(params))
-    params, state = _run(js.curveball(), params, predict_fn, loss_fn, steps=20)
-    assert float(loss_fn(predict_fn(params))) < float(loss0)
+
+    def to_plain(p):
+        layers = p["params"]
+        return {k: (layers[f"layers_{i}"]["kernel"], layers[f"layers_{i}"]["bias"])
+                for k, i in (("hidden", 0), ("out", 2))}
+
+    def plain_predict(q):
+        return jnp.tanh(x @ q["hidden"][0] + q["hidden"][1]) @ q["out"][0] + q["out"][1]
+
+    _check_against_plain_jax(
+        _THIRD_PARTY_OPTIMIZERS[name](), params, predict_fn, to_plain(params), plain_predict,
+        to_plain,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(_THIRD_PARTY_OPTIMIZERS))
+def test_equinox_model_trains_as_the_same_network_in_plain_jax(name):
+    import equinox as eqx
+
+    x, _ = _third_party_data()
+    model = eqx.nn.MLP(3, 2, 8, 1, activation=jnp.tanh, key=jax.random.PRNGKey(0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    predict_fn = lambda p: jax.vmap(eqx.combine(p, static))(x)  # noqa: E731
+
+    def to_plain(p):
+        return {k: (p.layers[i].weight, p.layers[i].bias) for k, i in (("hidden", 0), ("out", 1))}
+
+    def plain_predict(q):
+        return jnp.tanh(x @ q["hidden"][0].T + q["hidden"][1]) @ q["out"][0].T + q["out"][1]
+
+    _check_against_plain_jax(
+        _THIRD_PARTY_OPTIMIZERS[name](), params, predict_fn, to_plain(params), plain_predict,
+        to_plain,
+    )
 
 
 # --- minimize(method="curveball") ---------------------------------------------------------------
@@ -559,6 +659,32 @@ def test_minimize_curveball_rosenbrock_and_budget():
     np.testing.assert_allclose(res.x, [1.0, 1.0], atol=1e-4)
     capped = js.minimize(rosen, jnp.array([-1.2, 1.0]), method="curveball", options={"maxiter": 5})
     assert int(capped.status) == js.Status.MAXITER and not bool(capped.success) and int(capped.nit) == 5
+
+
+@pytest.mark.parametrize("maxfun", [0, 1, 2, 4, 5, 7])
+def test_minimize_curveball_never_exceeds_maxfun(maxfun):
+    # Issue #16 item 8: maxfun 5 gave nfev 6, 2 gave 4, 7 gave 8.
+    rosen = lambda x: 100.0 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2  # noqa: E731
+    res = js.minimize(rosen, jnp.array([-1.2, 1.0]), method="curveball", options={"maxfun": maxfun})
+    assert int(res.status) == js.Status.MAXFUN
+    assert int(res.nfev) <= max(maxfun, 1)
+    # The budget is used: one more iteration (2 or 3 evaluations) would not have fitted.
+    assert int(res.nfev) + 3 > max(maxfun, 1)
+
+
+def test_minimize_curveball_stops_at_the_last_finite_iterate_before_a_nan_wall():
+    fun = lambda x: jnp.sum(jnp.where(x < 1.0, (x - 2.0) ** 2, jnp.nan))  # noqa: E731
+    res = js.minimize(fun, jnp.zeros(2), method="curveball", options={"maxiter": 50})
+    assert int(res.status) == js.Status.NONFINITE
+    assert bool(jnp.all(res.x < 1.0)) and float(res.fun) == float(fun(res.x)) < float(fun(jnp.zeros(2)))
+
+
+def test_minimize_curveball_disp_prints_iterates_and_the_final_status(capfd):
+    res = js.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(2), method="curveball",
+                      options={"disp": True, "maxiter": 3})
+    jax.effects_barrier()
+    out = capfd.readouterr().out
+    assert out.count("iter ") == 4 and "MAXITER" in out and f"nfev = {int(res.nfev)}" in out
 
 
 def test_minimize_curveball_rejects_bounds_and_unknown_options():

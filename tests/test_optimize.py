@@ -264,7 +264,7 @@ FAILURES = {
         _nan_wall, [0.0, 0.0], {"maxiter": 50}, js.Status.NONFINITE,
         {
             "bfgs": js.Status.MAXITER, "cg": js.Status.MAXITER, "newton-cg": js.Status.LINESEARCH_FAILED,
-            "trust-ncg": js.Status.MAXITER, "curveball": js.Status.MAXITER,
+            "trust-ncg": js.Status.MAXITER,
         },
     ),
     "maxiter_5": (rosen, [-1.2, 1.0], {"maxiter": 5}, js.Status.MAXITER, {}),
