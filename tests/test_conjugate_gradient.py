@@ -44,5 +44,15 @@ def test_options_of_other_methods_are_rejected(method, options):
 
 
 def test_aliases_and_case():
-    with pytest.raises(ValueError, match="trust-ncg"):
+    # Any case selects CG itself: the same x, nit and nfev (every method's spellings are checked in
+    # test_optimize.py); an unknown name lists every valid one.
+    res = js.minimize(rosen, jnp.array([-1.2, 1.0]), method="cg")
+    for spelling in ("CG", "Cg"):
+        other = js.minimize(rosen, jnp.array([-1.2, 1.0]), method=spelling)
+        np.testing.assert_array_equal(other.x, res.x)
+        assert (int(other.nit), int(other.nfev)) == (int(res.nit), int(res.nfev))
+    valid = ["bfgs", "cg", "curveball", "l-bfgs", "l-bfgs-b", "lbfgs", "lbfgsb", "newton", "newton-cg",
+             "newtoncg", "trust-ncg", "trustncg"]
+    with pytest.raises(ValueError) as error:
         js.minimize(rosen, jnp.zeros(2), method="trust-krylov")
+    assert str(error.value) == f"unknown method 'trust-krylov'; valid methods are {valid}"

@@ -24,6 +24,7 @@ def ridge_closed_form(lam):
 TIGHT = {  # l-bfgs-b is tested on a bounded problem below
     "l-bfgs": {"gtol": 1e-11, "ftol": 0.0}, "bfgs": {"gtol": 1e-11},
     "cg": {"gtol": 1e-11}, "newton": {"gtol": 1e-11}, "newton-cg": {"xtol": 1e-12}, "trust-ncg": {"gtol": 1e-11},
+    "curveball": {"gtol": 1e-11, "damping": 1.0},
 }
 
 
@@ -90,6 +91,21 @@ def test_bounded_problem_active_bounds_have_zero_derivative():
     for j in range(3):
         e = jnp.zeros(3).at[j].set(h)
         np.testing.assert_allclose((solve(c + e) - solve(c - e)) / (2 * h), jac[:, j], atol=1e-6)
+
+
+def test_bounded_problem_derivative_of_the_value():
+    # Envelope theorem with an active bound: d f(w*(c), c) / dc = df/dc at w* = -2 (w* - c) - the
+    # bound does not move. Checked against the closed-form minimiser and finite differences.
+    c = jnp.array([1.0, -1.0, 0.5])
+    value = lambda c: js.minimize(bounded, jnp.zeros(3), args=(c,), bounds=(0.0, None), options={"gtol": 1e-12}).fun
+    free = np.linalg.solve(2 * np.eye(2) + 0.2 * np.ones((2, 2)), 2 * np.asarray(c)[[0, 2]])
+    w_star = np.array([free[0], 0.0, free[1]])
+    got = jax.grad(value)(c)
+    np.testing.assert_allclose(got, -2 * (w_star - np.asarray(c)), atol=1e-9)
+    h = 1e-6
+    for j in range(3):
+        e = jnp.zeros(3).at[j].set(h)
+        np.testing.assert_allclose((value(c + e) - value(c - e)) / (2 * h), got[j], atol=1e-6)
 
 
 def test_grad_through_the_solve_under_jit_and_vmap():

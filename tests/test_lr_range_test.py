@@ -31,6 +31,17 @@ def test_suggestion_rule_on_curve_with_known_steepest_point():
   assert np.isnan(suggest_learning_rate(lrs[:2], losses[:2]))
 
 
+@pytest.mark.parametrize("drop_after, expected_index", [(8, 50), (9, 10)])
+def test_suggestion_leaves_out_the_first_tenth_of_the_points(drop_after, expected_index):
+  # 100 points: a gentle fall steepest at index 50, plus a sharp drop between points drop_after and
+  # drop_after + 1. Central differences put its slope on both points: inside the first tenth
+  # (indices 0..9) it is ignored; from index 10 on it is the suggestion.
+  lrs = np.logspace(-6, 0, 100)
+  index = np.arange(100)
+  losses = 1.0 - 0.1 * np.tanh((index - 50) / 10.0) - np.where(index > drop_after, 1.0, 0.0)
+  assert suggest_learning_rate(lrs, losses) == lrs[expected_index]
+
+
 def test_range_test_on_quadratic_finds_the_stable_range_and_stops_on_divergence():
   # Minibatch targets b_k (small noise) keep every mode excited, as minibatch noise does.
   rng = np.random.default_rng(0)

@@ -82,12 +82,23 @@ def test_newton_on_a_pytree_under_jit_and_vmap():
     def quad(p, c):
         return jnp.sum((p["a"] - c) ** 2) + (p["b"] - 2 * c) ** 2 + 0.5 * jnp.sum(p["a"]) * p["b"]
 
-    p0 = {"a": jnp.zeros(2), "b": jnp.array(0.0)}
-    solve = jax.jit(jax.vmap(lambda c: js.minimize(quad, p0, args=(c,), method="newton")))
-    res = solve(jnp.array([0.0, 1.0, -3.0]))
+    # Closed form: over (a1, a2, b) the Hessian is H below and the minimiser solves H x = c (2, 2, 4).
+    hess = np.array([[2.0, 0.0, 0.5], [0.0, 2.0, 0.5], [0.5, 0.5, 2.0]])
+    cs = jnp.array([0.0, 1.0, -3.0])
+    starts = {"a": jnp.array([[0.0, 0.0], [5.0, -1.0], [-2.0, 7.0]]), "b": jnp.array([0.0, 3.0, -4.0])}
+    solve = jax.jit(jax.vmap(lambda p0, c: js.minimize(quad, p0, args=(c,), method="newton")))
+    res = solve(starts, cs)
     assert bool(jnp.all(res.success))
-    assert np.all(np.asarray(res.nit) <= 2)  # a quadratic: one Newton step
-    np.testing.assert_allclose(res.x["b"][0], 0.0, atol=1e-12)
+    for i, c in enumerate(np.asarray(cs)):
+        x_star = np.linalg.solve(hess, c * np.array([2.0, 2.0, 4.0]))
+        np.testing.assert_allclose(res.x["a"][i], x_star[:2], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(res.x["b"][i], x_star[2], rtol=0, atol=1e-12)
+        single = js.minimize(quad, jax.tree.map(lambda leaf: leaf[i], starts), args=(c,), method="newton")
+        np.testing.assert_allclose(res.x["a"][i], single.x["a"], rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(res.x["b"][i], single.x["b"], rtol=1e-14, atol=1e-15)
+        assert (int(res.nit[i]), int(res.nfev[i])) == (int(single.nit), int(single.nfev))
+    # A quadratic: one Newton step from a start off the minimiser, none from the minimiser itself.
+    np.testing.assert_array_equal(res.nit, [0, 1, 1])
 
 
 def test_newton_cg_logistic_regression_matches_scipy():

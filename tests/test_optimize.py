@@ -1,5 +1,7 @@
 """``js.minimize`` end to end: against scipy's L-BFGS-B, on pytrees, under jit/vmap, and on bad input."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -20,8 +22,13 @@ def rosen(x):
     return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
 
 
+@functools.lru_cache(maxsize=None)
+def jitted_value_and_grad(fun):
+    return jax.jit(jax.value_and_grad(fun))
+
+
 def scipy_lbfgsb(fun, x0, bounds=None, **options):
-    vg = jax.jit(jax.value_and_grad(fun))
+    vg = jitted_value_and_grad(fun)
     return so.minimize(
         lambda x: tuple(np.asarray(v) for v in vg(x)), np.asarray(x0, float), jac=True,
         method="L-BFGS-B", bounds=bounds, options=options,
@@ -31,32 +38,59 @@ def scipy_lbfgsb(fun, x0, bounds=None, **options):
 ALL_PROBLEMS = {p.name: p for p in problems.mgh_problems() + problems.bounded_problems()}
 
 
+SCIPY_FTOL = 2.220446049250313e-09  # scipy's L-BFGS-B default (factr = 1e7): its iterates, counts, statuses
+
+
+# Problems where the two paths part by rounding alone (1e-15 relative differences in f from
+# iteration 2 on, 3e-12 by iteration 4), with the last iteration they still share.
+ROUNDING_DIVERGES = {"jennrich_sampson": 4}
+
+
 @pytest.mark.parametrize("name", sorted(ALL_PROBLEMS))
 def test_problem_set_against_scipy(name):
-    """Every problem of the set that scipy's L-BFGS-B solves, we solve, with as few evaluations."""
+    """At scipy's ftol, every problem of the set: scipy's Fortran L-BFGS-B's iterates, nit, nfev, status.
+
+    README promises the same iterates and evaluation counts as scipy. That holds on every problem
+    but those in ROUNDING_DIVERGES, also on those scipy does not solve (a local minimum such as
+    Freudenstein-Roth's f = 48.98, or an FTOL stop short of the minimum such as Gaussian's): there
+    we stop at scipy's point with scipy's counts and its status, FTOL reported as a success as
+    scipy does at this ftol.
+    """
     p = ALL_PROBLEMS[name]
+    lower = np.full(p.n, -np.inf) if p.lower is None else p.lower
+    upper = np.full(p.n, np.inf) if p.upper is None else p.upper
     bounds = None if p.lower is None else (jnp.asarray(p.lower), jnp.asarray(p.upper))
-    x0 = np.clip(p.x0, p.lower, p.upper) if p.bounded else p.x0
-    res = js.minimize(p.fun, jnp.asarray(x0), bounds=bounds, options=SCIPY)
-    ref = scipy_lbfgsb(p.fun, x0, bounds=None if p.lower is None else list(zip(p.lower, p.upper)))
-    assert int(res.njev) == int(res.nfev)
-    if int(res.status) == js.Status.GTOL:  # the reported gradient really is that small
-        lower = np.full(p.n, -np.inf) if p.lower is None else p.lower
-        upper = np.full(p.n, np.inf) if p.upper is None else p.upper
-        pg = projected_gradient(res.x, res.jac, jnp.asarray(lower), jnp.asarray(upper))
-        assert float(jnp.max(jnp.abs(pg))) <= 1e-5
-    if problems.reached_minimum(p, ref.fun):
-        assert problems.reached_minimum(p, float(res.fun)), (float(res.fun), ref.fun)
-        # Same algorithm and line search as scipy: the counts agree up to rounding effects.
-        assert int(res.nfev) <= ref.nfev + max(3, 0.1 * ref.nfev), (int(res.nfev), ref.nfev)
-        if p.bounded:
-            np.testing.assert_allclose(res.x, ref.x, atol=1e-4)
+    x0 = np.clip(p.x0, lower, upper)
+    options = {"ftol": SCIPY_FTOL, "gtol": 1e-5}
+    res = js.minimize(p.fun, jnp.asarray(x0), bounds=bounds, options=options)
+    ref = scipy_lbfgsb(p.fun, x0, bounds=None if p.lower is None else list(zip(p.lower, p.upper)), **options)
+    assert int(res.njev) == int(res.nfev)  # one value-and-gradient per evaluation
+    # The gradient, recomputed independently at the returned point, is the one reported, and a
+    # GTOL success really has a projected gradient within gtol.
+    grad = jitted_value_and_grad(p.fun)(res.x)[1]
+    np.testing.assert_allclose(res.jac, grad, rtol=1e-8, atol=1e-10)
+    pg = projected_gradient(res.x, grad, jnp.asarray(lower), jnp.asarray(upper))
+    if int(res.status) == js.Status.GTOL:
+        assert float(jnp.max(jnp.abs(pg))) <= options["gtol"]
+    if name in ROUNDING_DIVERGES:
+        # Same path up to the iteration named; then values that differ at rounding level send the
+        # two line searches apart: scipy stops on FTOL at f = 214.3, we go on to the minimum.
+        k = ROUNDING_DIVERGES[name]
+        early = js.minimize(p.fun, jnp.asarray(x0), bounds=bounds, options={**options, "maxiter": k})
+        np.testing.assert_allclose(early.x, scipy_lbfgsb(p.fun, x0, **options, maxiter=k).x, rtol=1e-9)
+        assert problems.reached_minimum(p, float(res.fun)) and not problems.reached_minimum(p, ref.fun)
+        return
+    assert (int(res.nit), int(res.nfev)) == (ref.nit, ref.nfev), ((int(res.nit), int(res.nfev)), (ref.nit, ref.nfev))
+    scipy_status = js.Status.GTOL if "GRADIENT" in ref.message else js.Status.FTOL if "REDUCTION" in ref.message else None
+    assert int(res.status) == scipy_status and bool(res.success), (res.message, ref.message)
+    np.testing.assert_allclose(res.x, ref.x, rtol=1e-6, atol=1e-8)
+    assert problems.reached_minimum(p, float(res.fun)) == problems.reached_minimum(p, ref.fun)
 
 
 def test_bounded_rosenbrock_matches_scipy_exactly():
     lower, upper = jnp.array([-2.0, 1.5]), jnp.array([2.0, 3.0])
-    res = js.minimize(rosen, jnp.array([-1.2, 2.0]), bounds=(lower, upper), options=SCIPY)
-    ref = scipy_lbfgsb(rosen, [-1.2, 2.0], bounds=list(zip(lower, upper)))
+    res = js.minimize(rosen, jnp.array([-1.2, 2.0]), bounds=(lower, upper), options={"ftol": SCIPY_FTOL})
+    ref = scipy_lbfgsb(rosen, [-1.2, 2.0], bounds=list(zip(lower, upper)), ftol=SCIPY_FTOL)
     np.testing.assert_allclose(res.x, ref.x, rtol=1e-7)
     assert (int(res.nit), int(res.nfev)) == (ref.nit, ref.nfev)
     assert float(res.x[1]) == 1.5  # the active bound is met exactly
@@ -161,17 +195,31 @@ def test_float32(method, n):
         assert bool(res.success), res.message
 
 
+def _host(fn, shape):
+    """``fn`` run by NumPy on the host: JAX cannot differentiate it, so only a supplied ``jac`` works."""
+    return lambda x: jax.pure_callback(
+        lambda v: np.asarray(fn(np.asarray(v)), np.float64), jax.ShapeDtypeStruct(shape(x), jnp.float64), x
+    )
+
+
 @pytest.mark.parametrize("jac_kind", ["true", "callable"])
 def test_user_supplied_gradient(jac_kind):
-    grad = jax.grad(rosen)
-    x0 = jnp.array([-1.2, 1.0])
+    # scipy's Rosenbrock and its derivative, outside JAX: the solve can only use the jac given, and
+    # scipy given the same function and jac reproduces it iterate for iterate (at scipy's ftol).
+    fun, grad = _host(so.rosen, lambda x: ()), _host(so.rosen_der, lambda x: x.shape)
+    x0 = np.array([-1.2, 1.0, 0.8])
+    options = {"ftol": SCIPY_FTOL, "gtol": 1e-5}
     if jac_kind == "true":
-        res = js.minimize(lambda x: (rosen(x), grad(x)), x0, jac=True)
+        res = js.minimize(lambda x: (fun(x), grad(x)), jnp.asarray(x0), jac=True, options=options)
     else:
-        res = js.minimize(rosen, x0, jac=grad)
-    ref = js.minimize(rosen, x0)
-    np.testing.assert_allclose(res.x, ref.x)
-    assert int(res.nfev) == int(ref.nfev)
+        res = js.minimize(fun, jnp.asarray(x0), jac=grad, options=options)
+    ref = so.minimize(so.rosen, x0, jac=so.rosen_der, method="L-BFGS-B", options=options)
+    assert bool(res.success) and ref.success
+    np.testing.assert_allclose(res.x, ref.x, rtol=1e-10)
+    assert (int(res.nit), int(res.nfev), int(res.njev)) == (ref.nit, ref.nfev, ref.njev)
+    np.testing.assert_allclose(res.jac, so.rosen_der(np.asarray(res.x)), rtol=1e-12)
+    with pytest.raises(ValueError, match="Pure callbacks do not support JVP"):
+        js.minimize(fun, jnp.asarray(x0))  # without jac, autodiff through the callback fails
 
 
 def test_bounds_as_pytrees_with_none_and_scalars():
@@ -321,10 +369,33 @@ def test_unknown_method_lists_valid_ones():
         js.minimize(rosen, jnp.zeros(2), method="sgd")
 
 
+# Each canonical name with the spellings that must select it (case-insensitive, and the aliases).
+SPELLINGS = {
+    "l-bfgs": ["L-BFGS", "lbfgs", "LBFGS", "L-bfgs"],
+    "l-bfgs-b": ["L-BFGS-B", "lbfgsb", "LBFGSB", "l-BFGS-b"],
+    "bfgs": ["BFGS", "Bfgs"],
+    "cg": ["CG", "Cg"],
+    "newton": ["Newton", "NEWTON"],
+    "newton-cg": ["Newton-CG", "newtoncg", "NEWTONCG", "NewtonCG"],
+    "trust-ncg": ["trust-NCG", "trustncg", "TRUSTNCG", "TrustNCG"],
+    "curveball": ["CurveBall", "CURVEBALL"],
+}
+
+
 def test_method_is_case_insensitive_and_has_aliases():
-    a = js.minimize(rosen, jnp.array([-1.2, 1.0]), method="LBFGS")
-    b = js.minimize(rosen, jnp.array([-1.2, 1.0]), method="L-BFGS")
-    np.testing.assert_array_equal(a.x, b.x)
+    # Every spelling gives the canonical method's x, nit and nfev. The canonical methods give
+    # pairwise different (nit, nfev) here, so a spelling mapped to the wrong method fails; L-BFGS-B
+    # runs with bounds, which L-BFGS rejects.
+    x0 = jnp.array([-1.2, 1.0])
+    bounds = {"l-bfgs-b": (-2.0, 0.9)}
+    canonical = {m: js.minimize(rosen, x0, method=m, bounds=bounds.get(m)) for m in SPELLINGS}
+    counts = {m: (int(r.nit), int(r.nfev)) for m, r in canonical.items()}
+    assert len(set(counts.values())) == len(counts), counts
+    for method, spellings in SPELLINGS.items():
+        for spelling in spellings:
+            res = js.minimize(rosen, x0, method=spelling, bounds=bounds.get(method))
+            np.testing.assert_array_equal(res.x, canonical[method].x, err_msg=spelling)
+            assert (int(res.nit), int(res.nfev)) == counts[method], (spelling, method)
 
 
 def test_unknown_option_lists_valid_keys():
@@ -546,3 +617,94 @@ def test_scipy_bounds_forms():
     np.testing.assert_allclose(res.x, [1.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="one \\(min, max\\) pair per variable"):
         js.minimize(fun, jnp.zeros(3), bounds=[(0.0, 1.0), (0.0, 1.0)])
+
+# --- tol, CurveBall's options and the demo, as README states them ------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, {"ftol": SCIPY_FTOL}])
+def test_tol_sets_gtol_and_ftol_unless_options_do(options):
+    # scipy's minimize(tol=...) does the same for L-BFGS-B: its counts are the reference. At tol 1e-3
+    # the ftol test ends the solve (FTOL), so a tol that set gtol alone would run on.
+    x0 = jnp.array([-1.2, 1.0, 0.8])
+    res = js.minimize(rosen, x0, tol=1e-3, options=options)
+    explicit = js.minimize(rosen, x0, options={"gtol": 1e-3, "ftol": 1e-3, **options})
+    ref = so.minimize(so.rosen, np.asarray(x0), jac=so.rosen_der, method="L-BFGS-B", tol=1e-3, options=options)
+    assert (int(res.nit), int(res.nfev)) == (int(explicit.nit), int(explicit.nfev)) == (ref.nit, ref.nfev)
+    np.testing.assert_allclose(res.x, ref.x, rtol=1e-6)  # scipy's rosen rounds differently
+    assert int(res.status) == (js.Status.FTOL if not options else js.Status.GTOL), res.message
+
+
+def _quadratic_3():
+    hess = np.array([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]])
+    lin = np.array([1.0, -2.0, 0.5])
+    return (lambda x: 0.5 * x @ jnp.asarray(hess) @ x - jnp.asarray(lin) @ x), hess, lin
+
+
+def test_curveball_damping_learning_rate_and_momentum_options():
+    # The first CurveBall steps in closed form (z0 = 0, so delta_z = g):
+    #   automatic beta, momentum 0:  x1 = x0 - g0 (g0.g0) / (g0.(H + damping I).g0)
+    #   learning_rate b:             x1 = x0 - b g0
+    #   + momentum r, damping ~ 0:   x2 = x1 + r z1 - b (H z1 + g1),  z1 = -b g0
+    fun, hess, lin = _quadratic_3()
+    x0 = np.array([1.0, 2.0, -1.0])
+    grad = lambda x: hess @ x - lin  # noqa: E731
+    g0 = grad(x0)
+
+    def solve(maxiter, **options):
+        return np.asarray(js.minimize(fun, jnp.asarray(x0), method="curveball", options={"maxiter": maxiter, **options}).x)
+
+    for damping in (0.3, 5.0):
+        x1 = x0 - g0 * (g0 @ g0) / (g0 @ (hess + damping * np.eye(3)) @ g0)
+        np.testing.assert_allclose(solve(1, damping=damping, momentum=0.0, learning_rate=None), x1, rtol=1e-12)
+    b, r = 0.05, 0.5
+    np.testing.assert_allclose(solve(1, damping=1.0, learning_rate=b, momentum=0.0), x0 - b * g0, rtol=1e-12)
+    z1 = -b * g0
+    x1 = x0 + z1
+    x2 = x1 + r * z1 - b * (hess @ z1 + grad(x1))
+    # damping 1e-12 leaves H + damping I = H to 1e-12 whatever the damping rule does after step 1.
+    np.testing.assert_allclose(solve(2, damping=1e-12, learning_rate=b, momentum=r), x2, rtol=1e-10)
+
+
+@pytest.mark.parametrize("interval", [2, 7])
+def test_curveball_damping_interval_option(interval):
+    # minimize(method="curveball") is the transform js.curveball with identity predict_fn and loss
+    # fun: driven by hand with the same damping and damping_interval it gives the same iterates.
+    x0 = jnp.array([-1.2, 1.0])
+    options = {"damping": 1.0, "damping_interval": interval, "learning_rate": None, "momentum": None}
+    res = js.minimize(rosen, x0, method="curveball", options={"maxiter": 12, **options})
+    opt = js.curveball(learning_rate=None, momentum=None, damping=1.0, damping_interval=interval)
+    step = jax.jit(lambda x, s: opt.update(jax.grad(rosen)(x), s, x, predict_fn=lambda x: x, loss_fn=rosen))
+    x, state = x0, opt.init(x0)
+    for _ in range(12):
+        updates, state = step(x, state)
+        x = x + updates
+    assert int(res.nit) == 12
+    np.testing.assert_allclose(res.x, x, rtol=1e-10)
+    # nfev: x0, then per iteration the value-and-gradient, one forward pass in the curvature
+    # products, and the damping rule's trial at every interval-th step.
+    assert int(res.nfev) == 1 + 2 * 12 + len(range(0, 12, interval))
+
+
+def test_demo_command_solves_its_problems(capsys):
+    """README's demo, ``python -m jaxsecond`` (its ``main``): every row solved, at the known optima."""
+    from jaxsecond.__main__ import main
+
+    main()
+    out = capsys.readouterr().out
+    rows = {line[:20].strip(): line[20:].split() for line in out.splitlines() if line.startswith("L-BFGS")}
+    assert set(rows) == {"L-BFGS", "L-BFGS-B, bounds", "L-BFGS, vmap x256"}, out
+    # Unbounded from the seed start: the global minimum f = 0 (x = shift + 1 = 0).
+    assert rows["L-BFGS"][0] == "True" and float(rows["L-BFGS"][1]) < 1e-10, out
+    # 256 random starts all succeed; the worst f printed is a local minimum of the 5-dimensional
+    # Rosenbrock half (about 3.93), not a failure: every success has a small projected gradient.
+    assert rows["L-BFGS, vmap x256"][0] == "256/256" and float(rows["L-BFGS, vmap x256"][1]) < 4.0, out
+    # Bounded (x_half_b <= -0.5 cuts the optimum off): scipy's L-BFGS-B on the same box.
+    ref = sum(
+        so.minimize(so.rosen, np.asarray(x0) + 1.0, jac=so.rosen_der, method="L-BFGS-B",
+                    bounds=[(-1.0, ub + 1.0)] * len(x0), options={"ftol": 0.0, "gtol": 1e-10}).fun
+        for x0, ub in [([-1.2, 1.0, -0.5], 1.5), ([0.5, 0.3, 0.2, 0.1, -0.4], -0.5)]
+    )
+    assert rows["L-BFGS-B, bounds"][0] == "True", out
+    np.testing.assert_allclose(float(rows["L-BFGS-B, bounds"][1]), ref, rtol=1e-3)
+    (bounded_x,) = [line for line in out.splitlines() if "x_half_b at the solution" in line]
+    assert bounded_x.split("[")[1].split()[0] == "-0.5", out

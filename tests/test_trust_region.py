@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from methods_problems import PROBLEMS, logistic_problem, scipy_minimize, solve_both
+from scipy.optimize._trustregion_ncg import CGSteihaugSubproblem
 
 import jaxsecond as js
 from jaxsecond.trust_region import steihaug_cg
@@ -29,13 +30,36 @@ def test_trust_ncg_logistic_regression_and_options():
     assert float(jnp.linalg.norm(res.jac)) < 1e-8
 
 
-def test_steihaug_follows_negative_curvature_to_the_boundary():
-    hess = jnp.diag(jnp.array([2.0, -1.0]))
-    p, hits = steihaug_cg(lambda v: hess @ v, jnp.array([1.0, 0.5]), 3.0)
-    assert bool(hits)
-    np.testing.assert_allclose(jnp.linalg.norm(p), 3.0, rtol=1e-12)
-    model = lambda p: jnp.array([1.0, 0.5]) @ p + 0.5 * p @ hess @ p
-    assert float(model(p)) < float(model(jnp.zeros(2)))
+def _scipy_steihaug(hess, g, radius):
+    """scipy's own Steihaug-Toint subproblem solver (used by its trust-ncg) on the same model."""
+    hess, g = np.asarray(hess), np.asarray(g)
+    sub = CGSteihaugSubproblem(np.zeros(len(g)), lambda x: 0.0, lambda x: g, hess=lambda x: hess)
+    return sub.solve(radius)
+
+
+def _indefinite(seed, n=5):
+    rng = np.random.default_rng(seed)
+    m = rng.normal(size=(n, n))
+    return m + m.T, rng.normal(size=n)
+
+
+@pytest.mark.parametrize(
+    "hess, g, radius",
+    [
+        (np.diag([2.0, -1.0]), np.array([1.0, 0.5]), 3.0),  # negative curvature at the second direction
+        (np.diag([-1.0, 2.0]), np.array([1.0, 0.0]), 2.0),  # ... at the first: p = -radius g / |g|
+        (*_indefinite(0), 2.0),
+        (*_indefinite(1), 2.0),
+    ],
+)
+def test_steihaug_follows_negative_curvature_to_the_boundary(hess, g, radius):
+    p, hits = steihaug_cg(lambda v: jnp.asarray(hess) @ v, jnp.asarray(g), radius)
+    p_ref, hits_ref = _scipy_steihaug(hess, g, radius)
+    assert bool(hits) and hits_ref
+    np.testing.assert_allclose(p, p_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(jnp.linalg.norm(p), radius, rtol=1e-12)
+    if np.count_nonzero(g) == 1:
+        np.testing.assert_allclose(p, -radius * g / np.linalg.norm(g), rtol=1e-12)
 
 
 def test_steihaug_interior_solution_is_the_newton_step():
