@@ -174,7 +174,10 @@ def run_descent(
         # A zero direction is a zero step: converged under a step-size test (Newton-CG's inner CG
         # proposes no step when the gradient is so small that its curvature is below rounding).
         zero_step = state.need_direction & jnp.all(d == 0) & (options.xtol >= 0)
-        status = jnp.where(zero_step, Status.XTOL, status).astype(jnp.int32)
+        status = jnp.where(zero_step, Status.XTOL, status)
+        # A non-finite direction at a finite point (Newton's Hessian overflowed) is NONFINITE.
+        status = jnp.where(state.need_direction & ~jnp.all(jnp.isfinite(d)), Status.NONFINITE, status)
+        status = status.astype(jnp.int32)
         return state._replace(
             d=d, search=search, memory=memory, status=status, need_direction=uphill, forget=uphill
         )

@@ -93,7 +93,9 @@ def newton(value_and_grad: Callable) -> DescentMethod:
         del memory, lower, upper
         hess = jax.jacfwd(lambda z: value_and_grad(z)[1])(x)
         hess = 0.5 * (hess + hess.T)  # symmetric up to rounding; Cholesky reads one triangle
-        return -shifted_cholesky_solve(hess, g)
+        # A non-finite Hessian gives a non-finite direction, which the loop reports as NONFINITE
+        # (the shifted Cholesky would otherwise return some finite, meaningless step).
+        return jnp.where(jnp.all(jnp.isfinite(hess)), -shifted_cholesky_solve(hess, g), jnp.nan)
 
     return _memoryless(direction, initial_step=lambda f, f_prev, g, d, nit: jnp.ones((), d.dtype))
 

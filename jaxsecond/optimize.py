@@ -206,6 +206,11 @@ def minimize(
             f"method='newton' forms the dense n x n Hessian; x0 has n = {n} > {newton.MAX_NEWTON_SIZE} "
             "variables (use 'newton-cg' or 'trust-ncg', which need only Hessian-vector products)"
         )
+    if name == "bfgs" and n > newton.MAX_NEWTON_SIZE:
+        raise ValueError(
+            f"method='bfgs' keeps a dense n x n inverse Hessian and updates it every iteration; x0 has "
+            f"n = {n} > {newton.MAX_NEWTON_SIZE} variables (use 'l-bfgs', its limited-memory form)"
+        )
     numeric = {k: opts.get(k, default) for k, default in _INACTIVE.items()}
     # The loop counts in int32: budgets beyond it (scipy's 200 n at n > 10,737,418) are unlimited.
     int_max = int(np.iinfo(np.int32).max)
@@ -220,7 +225,7 @@ def minimize(
     if callback is not None and name == "curveball":
         raise ValueError("callback is not supported by method='curveball'")
     numeric = {k: _canonical_number(v, k) for k, v in numeric.items()}
-    x0 = jax.tree.map(jnp.asarray, x0)
+    x0 = jax.tree.map(lambda leaf: leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf), x0)
     traced_args, static_args = _split_args(args)
     config = _SolveConfig(
         jac=jac if jac is None or jac is True else "callable", method=name,
@@ -269,6 +274,8 @@ def _resolve_options(name, spec, tol, options):
                 _check_int(key, value, low=0)
         else:
             _check_number(key, value, low=0.0)
+            if key == "eta" and not isinstance(value, jax.core.Tracer) and not value < 0.25:
+                raise ValueError(f"options['eta'] must be in [0, 0.25) (scipy's trust-region rule); got {value}")
     return opts
 
 
@@ -414,7 +421,8 @@ def _lru_get(cache, key, make, size):
 
 def _avals(tree):
     return tuple(
-        (np.shape(leaf), jnp.result_type(leaf), bool(getattr(getattr(leaf, "aval", leaf), "weak_type", False)))
+        (np.shape(leaf), leaf.dtype if hasattr(leaf, "dtype") else jnp.result_type(leaf),
+         bool(getattr(getattr(leaf, "aval", leaf), "weak_type", False)))
         for leaf in jax.tree.leaves(tree)
     )
 

@@ -708,3 +708,17 @@ def test_demo_command_solves_its_problems(capsys):
     np.testing.assert_allclose(float(rows["L-BFGS-B, bounds"][1]), ref, rtol=1e-3)
     (bounded_x,) = [line for line in out.splitlines() if "x_half_b at the solution" in line]
     assert bounded_x.split("[")[1].split()[0] == "-0.5", out
+
+
+def test_size_guards_and_eta_validation():
+    with pytest.raises(ValueError, match="'l-bfgs'"):
+        js.minimize(lambda x: jnp.sum(x**2), jnp.zeros(20001), method="bfgs")
+    with pytest.raises(ValueError, match=r"\[0, 0.25\)"):
+        js.minimize(rosen, jnp.zeros(2), method="trust-ncg", options={"eta": 0.25})
+
+
+def test_newton_with_a_non_finite_hessian_is_nonfinite():
+    # Finite value and gradient at x0, an infinite second derivative there.
+    fun = lambda x: jnp.sum(jnp.abs(x) ** (4 / 3) + (x - 1.0) ** 2)
+    res = js.minimize(fun, jnp.zeros(2), method="newton")
+    assert int(res.status) == js.Status.NONFINITE, res.message
