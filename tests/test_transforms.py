@@ -131,21 +131,6 @@ def test_sgdw_is_plain_trace_step_when_weight_decay_is_zero():
       np.testing.assert_array_equal(u_ours, u_theirs)
 
 
-def test_sgdw_decay_uses_scheduled_learning_rate_outside_the_momentum_buffer():
-  """With zero gradients the buffer stays zero and the only change is p <- p * (1 - lr_t * wd)."""
-  schedule = lambda t: 0.5 - 0.1 * jnp.asarray(t, jnp.float64)
-  opt = js.sgdw(schedule, momentum=0.9, weight_decay=0.2, nesterov=True)
-  params = expected = jnp.array([1.0, -2.0])
-  state = opt.init(params)
-  update = jax.jit(opt.update)
-  for t in range(4):
-    updates, state = update(jnp.zeros(2), state, params)
-    params = optax.apply_updates(params, updates)
-    expected = expected * (1 - schedule(t) * 0.2)
-  np.testing.assert_allclose(params, expected, rtol=1e-14)
-  np.testing.assert_array_equal(state[0].trace, jnp.zeros(2))
-
-
 @pytest.mark.parametrize("kwargs, message", [
     (dict(learning_rate=-1.0), "learning_rate"),
     (dict(learning_rate=0.1, momentum=-0.5), "momentum"),
@@ -181,10 +166,15 @@ def test_golden_amsgrad_differs_from_optax_amsgrad_and_from_adam():
     assert np.max(np.abs(got[-1] - expected[-1])) > 1e-5
 
 
-def test_adamw_decay_uses_scheduled_learning_rate():
-  """With zero gradients the only change is p <- p * (1 - lr_t * weight_decay)."""
+@pytest.mark.parametrize("make", [
+    lambda lr: js.adamw(lr, weight_decay=0.2, amsgrad=True),
+    lambda lr: js.sgdw(lr, momentum=0.9, weight_decay=0.2, nesterov=True),
+], ids=["adamw", "sgdw"])
+def test_decay_uses_scheduled_learning_rate_outside_the_moments(make):
+  """With zero gradients the moments (SGDW's momentum buffer) stay zero and the only change is
+  p <- p * (1 - lr_t * weight_decay)."""
   schedule = lambda t: 0.5 - 0.1 * jnp.asarray(t, jnp.float64)
-  opt = js.adamw(schedule, weight_decay=0.2, amsgrad=True)
+  opt = make(schedule)
   params = jnp.array([1.0, -2.0])
   state = opt.init(params)
   expected = params

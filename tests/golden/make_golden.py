@@ -125,10 +125,7 @@ def run_optimizer(config):
     groups = [{"params": [w1, w2], "weight_decay": config["weight_decay"]}]
   opt_class = torch.optim.Adam if config.get("adam") else torch.optim.AdamW
   optimizer = opt_class(groups, **kwargs)
-  scheduler = None
-  if "scheduler" in config:
-    spec = dict(config["scheduler"])
-    scheduler = getattr(torch.optim.lr_scheduler, spec.pop("name"))(optimizer, **spec)
+  scheduler = make_scheduler(optimizer, config)
   trajectory = []
   for _ in range(NUM_STEPS):
     optimizer.zero_grad()
@@ -140,6 +137,14 @@ def run_optimizer(config):
   return np.asarray(trajectory)
 
 
+def make_scheduler(optimizer, config):
+  """The torch scheduler a golden case names, or None."""
+  if "scheduler" not in config:
+    return None
+  spec = dict(config["scheduler"])
+  return getattr(torch.optim.lr_scheduler, spec.pop("name"))(optimizer, **spec)
+
+
 def run_sgdw(config):
   """fastai's "true weight decay" on torch.optim.SGD: p <- p * (1 - lr * wd), then the SGD step."""
   x, y, w1, w2 = (torch.tensor(a, dtype=torch.float64) for a in problem())
@@ -149,10 +154,7 @@ def run_sgdw(config):
   optimizer = torch.optim.SGD([w1, w2], lr=config["lr"], momentum=config["momentum"],
                               nesterov=config.get("nesterov", False), weight_decay=0.0,
                               foreach=False)
-  scheduler = None
-  if "scheduler" in config:
-    spec = dict(config["scheduler"])
-    scheduler = getattr(torch.optim.lr_scheduler, spec.pop("name"))(optimizer, **spec)
+  scheduler = make_scheduler(optimizer, config)
   trajectory = []
   for _ in range(NUM_STEPS):
     optimizer.zero_grad()
