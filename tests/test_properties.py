@@ -123,6 +123,7 @@ def test_unconstrained_quadratic_reaches_known_minimiser(method, seed, which, co
     x0 = _tree(structure, rng.normal(size=n) * 3)
     gtol = _gtol(structure)
     res = js.minimize(quadratic, x0, args=(hess, lin), method=method, options=_options(method, gtol))
+    assert float(res.fun) <= float(quadratic(x0, hess, lin))  # never worse than the start
     xstar = -np.linalg.solve(hess, lin)
     _assert_honest(
         res, method, lambda x: hess @ x + lin, gtol, _has_float32(structure), hess_norm=np.abs(hess).sum(0).max()
@@ -153,6 +154,8 @@ def test_box_quadratic_stays_in_box_and_reaches_clipped_minimiser(seed, which):
     )
     x = np.asarray(ravel_pytree(res.x)[0])
     assert np.all(x >= lower) and np.all(x <= upper)
+    x0_in_box = jax.tree.map(lambda v, lo, up: jnp.clip(v, lo, up), x0, lower_tree, upper_tree)
+    assert float(res.fun) <= float(quadratic(x0_in_box, np.diag(diag), -diag * centre))
     _assert_honest(
         res, "l-bfgs-b", lambda x: diag * (x - centre), gtol, _has_float32(structure), lower=lower, upper=upper
     )
@@ -172,6 +175,7 @@ def test_logistic_regression_success_means_small_gradient(method, seed, l2):
     features = rng.normal(size=(40, n))
     labels = (rng.random(40) < 0.5).astype(float)
     res = js.minimize(logistic, _tree(structure, np.zeros(n)), args=(features, labels, l2), method=method)
+    assert float(res.fun) <= float(logistic(_tree(structure, np.zeros(n)), features, labels, l2))
     x = np.asarray(ravel_pytree(res.x)[0])
     g = features.T @ (1 / (1 + np.exp(-features @ x)) - labels) / len(labels) + l2 * x  # independent
     np.testing.assert_allclose(np.asarray(ravel_pytree(res.jac)[0]), g, atol=1e-12)
