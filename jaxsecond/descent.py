@@ -31,7 +31,8 @@ def longest_step(x, d):
     """The step of an unconstrained search at which ``x`` has moved ``_BIG_STEP max(1, |x|_inf)``,
     and never shorter than L-BFGS-B's 1e10 direction lengths (so scipy's searches are unchanged)."""
     scale = jnp.maximum(1.0, jnp.max(jnp.abs(x))) / jnp.max(jnp.abs(d))
-    return _BIG_STEP * jnp.maximum(1.0, jnp.where(jnp.isfinite(scale), scale, 1.0))
+    step = _BIG_STEP * jnp.maximum(1.0, jnp.where(jnp.isfinite(scale), scale, 1.0))
+    return jnp.minimum(step, jnp.finfo(x.dtype).max)  # a finite limit in float32 too
 
 
 def rounding_step(x, d):
@@ -199,8 +200,10 @@ def run_descent(
         # MINPACK-2 (and scipy) accept a warning step even where f rose; a descent method must never
         # return a worse point, so such a step is a failed search. So is a step that left f unchanged
         # when ftol is 0 (the default): it is a stall, success only at a rounding-level gradient.
+        # With a positive ftol (scipy's) the step is taken as scipy takes it, and the solve stops
+        # there, as scipy's, but as LINESEARCH_FAILED: FTOL is never success after an increase.
         refused = ~initial & stopped & (
-            (f_trial > state.f) | ((f_trial == state.f) & (options.ftol == 0))
+            ((f_trial > state.f) & (options.ftol <= 0)) | ((f_trial == state.f) & (options.ftol == 0))
         )
         accepted = active & ~unbounded & (initial | (stopped & ~refused))
         failed = active & ~unbounded & ~initial & (
@@ -223,6 +226,8 @@ def run_descent(
         # A search that ended at the longest unconstrained step followed a descent ray.
         ray = (stp >= longest_step(state.x, state.d)) & (f_trial < state.f) & (iterate_status == Status.RUNNING)
         iterate_status = jnp.where(ray, Status.UNBOUNDED, iterate_status)
+        rose = ~initial & (f_trial > state.f) & (iterate_status == Status.RUNNING)
+        iterate_status = jnp.where(rose, Status.LINESEARCH_FAILED, iterate_status)
         small_step = ~initial & (jnp.sum(jnp.abs(s)) <= options.xtol) & (iterate_status == Status.RUNNING)
         # A small step is convergence if it met the Wolfe conditions, or if rounding stopped the
         # search where the gradient is at the rounding level of f (float32 near a minimiser); a

@@ -58,8 +58,15 @@ def differentiable_solve(solve: Callable, value_and_grad: Callable) -> Callable:
         at_lower, at_upper = x <= lower, x >= upper
         free = ~at_lower & ~at_upper
         # A variable held by a bound moves with it, one for one; the free ones respond through the
-        # reduced system H_FF dx_F = -(B dtheta + H_FA dx_A).
-        x_dot_bound = jnp.where(at_lower, lower_dot, jnp.where(at_upper, upper_dot, 0.0))
+        # reduced system H_FF dx_F = -(B dtheta + H_FA dx_A). Where lower == upper, the gradient
+        # says which bound holds (g < 0 pushes against the upper one).
+        held_by_upper = at_upper & (~at_lower | (g < 0))
+        held_by_both = at_lower & at_upper & (g == 0)
+        x_dot_bound = jnp.where(
+            held_by_both,
+            0.5 * (lower_dot + upper_dot),
+            jnp.where(held_by_upper, upper_dot, jnp.where(at_lower, lower_dot, 0.0)),
+        )
         (_, _), (f_dot, b) = jax.jvp(lambda a: value_and_grad(x, a), (args,), (args_dot,))
         rhs = -b - _hvp(value_and_grad, x, args, x_dot_bound)
         x_dot = implicit_tangent(lambda v: _hvp(value_and_grad, x, args, v), rhs, free) + x_dot_bound

@@ -226,12 +226,21 @@ def minimize(
         raise ValueError("callback is not supported by method='curveball'")
     numeric = {k: _canonical_number(v, k) for k, v in numeric.items()}
     x0 = jax.tree.map(lambda leaf: leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf), x0)
-    traced_args, static_args = _split_args(args)
     config = _SolveConfig(
         jac=jac if jac is None or jac is True else "callable", method=name,
-        static=tuple(sorted(static.items())), disp=bool(opts.get("disp", False)), callback=callback,
+        static=tuple(sorted(static.items())), disp=bool(opts.get("disp", False)),
+        callback=None if callback is None else _Identity(callback),
     )
-    problem, consts = _trace(fun, jac, x0, traced_args, static_args)
+    try:
+        traced_args, static_args = _split_args(args)
+        problem, consts = _trace(fun, jac, x0, traced_args, static_args)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError, IndexError, TypeError):
+        # fun may use an int argument as a Python value (a size, an index): trace again with ints
+        # static (a failure there is fun's own error, raised as it is).
+        if not any(isinstance(leaf, int) and not isinstance(leaf, bool) for leaf in jax.tree.leaves(args)):
+            raise
+        traced_args, static_args = _split_args(args, static_ints=True)
+        problem, consts = _trace(fun, jac, x0, traced_args, static_args)
     solve = _compiled_solve(problem, config)
     return solve(x0, (consts, traced_args), lower, upper, numeric)
 
@@ -321,53 +330,100 @@ def _canonical_number(value, key):
     return int(value) if key in ("maxiter", "maxfun", "maxls") else float(value)
 
 
-def _is_array_like(leaf):
-    return isinstance(leaf, (jax.Array, np.ndarray, np.number, float, complex)) and not isinstance(leaf, bool)
+def _is_array_like(leaf, static_ints):
+    kinds = (jax.Array, np.ndarray, np.number, float, complex) + (() if static_ints else (int,))
+    return isinstance(leaf, kinds) and not isinstance(leaf, (bool, np.bool_))
 
 
-def _split_args(args):
-    """Splits ``args`` into traced arrays and static values.
+def _split_args(args, static_ints=False):
+    """Splits the leaves of ``args`` into traced arrays and static values.
 
-    An argument whose leaves are all arrays or floating scalars is traced (a new value reuses the
-    compiled solve; float scalars are made canonical, so ``1.0``, ``np.float64(1.0)`` and
-    ``jnp.array(1.0)`` share one). Any other hashable argument (a string, a function, a Python int or
-    bool, used as a size or a flag) is static: part of the compile-cache key.
+    Array leaves and Python/NumPy numbers are traced: a new value reuses the compiled solve, and
+    ``1.0``, ``np.float64(1.0)`` and ``jnp.array(1.0)`` share one (Python and float64 NumPy scalars
+    take JAX's default float dtype). Any other leaf (a string, a function, a bool) must be hashable
+    and is static: part of the compile-cache key, with its type. With ``static_ints`` Python ints are
+    static too (for an objective that uses one as a size).
 
     Returns:
-      ``(traced, static)``: ``traced`` has ``args``' length with ``None`` at static positions;
-      ``static`` is a tuple of ``(position, value)``.
+      ``(traced, static)``: ``traced`` is the tuple of leaves with ``None`` at static positions;
+      ``static`` is ``(treedef, ((position, type, value), ...))``.
     """
+    leaves, treedef = jax.tree.flatten(args)
     traced, static = [], []
-    for i, arg in enumerate(args):
-        leaves = jax.tree.leaves(arg)
-        if leaves and all(_is_array_like(leaf) for leaf in leaves):
-            traced.append(jax.tree.map(_canonical_scalar, arg))
+    for i, leaf in enumerate(leaves):
+        if _is_array_like(leaf, static_ints):
+            traced.append(_canonical_scalar(leaf))
             continue
         try:
-            hash(arg)
+            hash(leaf)
         except TypeError:
             raise TypeError(
-                f"args[{i}] must be an array (or a pytree of arrays), a float, or a hashable value "
-                f"(a string, an int, a function) used as a constant; got {type(arg).__name__}"
+                f"args leaf {i} ({type(leaf).__name__}) must be an array, a number, or a hashable "
+                "value (a string, a function, a bool) used as a constant"
             ) from None
         traced.append(None)
-        static.append((i, arg))
-    return tuple(traced), tuple(static)
+        static.append((i, type(leaf), leaf))
+    return tuple(traced), (treedef, tuple(static))
 
 
 def _canonical_scalar(leaf):
-    if isinstance(leaf, jax.core.Tracer) or np.ndim(leaf) != 0:
-        return leaf
-    dtype = jnp.result_type(leaf)
-    kind = complex if jnp.issubdtype(dtype, jnp.complexfloating) else float
-    return jnp.asarray(leaf, jnp.result_type(kind(0))) if jnp.issubdtype(dtype, jnp.inexact) else leaf
+    if isinstance(leaf, (float, np.float64)) or (
+        isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.weak_type
+        and jnp.issubdtype(leaf.dtype, jnp.floating)
+    ):  # jnp.array(1.0) is weakly typed: the same as a Python float
+        return jnp.asarray(leaf, jnp.result_type(float))
+    if isinstance(leaf, (complex, np.complex128)):
+        return jnp.asarray(leaf, jnp.result_type(complex))
+    return leaf
 
 
 def _merge_args(traced, static):
-    args = list(traced)
-    for i, value in static:
-        args[i] = value
-    return tuple(args)
+    treedef, values = static
+    leaves = list(traced)
+    for i, _, value in values:
+        leaves[i] = value
+    return tuple(jax.tree.unflatten(treedef, leaves))
+
+
+def _opaque_parts(jaxpr, parts):
+    """What ``str(jaxpr)`` does not show, collected from its equations and nested jaxprs: the
+    constants of nested closed jaxprs (an inner ``jax.jit`` over captured arrays) and the functions
+    in parameters (``custom_vjp`` rules, ``pure_callback`` targets). They join the cache key by
+    identity."""
+    for eqn in jaxpr.eqns:
+        for value in eqn.params.values():
+            _collect_opaque(value, parts)
+    return parts
+
+
+def _collect_opaque(value, parts):
+    if isinstance(value, jax.extend.core.ClosedJaxpr):
+        parts.extend(value.consts)
+        _opaque_parts(value.jaxpr, parts)
+    elif isinstance(value, jax.extend.core.Jaxpr):
+        _opaque_parts(value, parts)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _collect_opaque(item, parts)
+    elif callable(value) and not isinstance(value, type):
+        parts.append(value)
+    # A custom_jvp rule is a WrappedFun made anew at each trace of jax.nn.relu and friends: keyed
+    # by identity it would defeat the cache for every closure that uses them, so only its name
+    # (printed) is in the key. Two custom_jvp functions with the same primal and same-named rules
+    # but different rules would share a solve (documented).
+
+
+class _Identity:
+    """Hashes and compares an object by identity (a callback that defines ``__eq__`` only)."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+    def __eq__(self, other):
+        return isinstance(other, _Identity) and other.obj is self.obj
 
 
 class _Problem:
@@ -376,7 +432,9 @@ class _Problem:
 
     def __init__(self, jaxpr, in_tree, out_tree, const_avals):
         self.jaxpr, self.in_tree, self.out_tree = jaxpr, in_tree, out_tree
-        self._key = (str(jaxpr), in_tree, out_tree, const_avals)
+        # The opaque parts are held here, so that their ids stay theirs while the key lives.
+        self._opaque = _opaque_parts(jaxpr, [])
+        self._key = (str(jaxpr), in_tree, out_tree, const_avals, tuple(id(o) for o in self._opaque))
         self._hash = hash(self._key)
 
     def __hash__(self):
@@ -402,7 +460,7 @@ class _SolveConfig(NamedTuple):
 # Bounded caches (least recently used first out): traced problems of hashable objectives, so that a
 # repeated call with the same function object skips tracing, and compiled solves keyed on the
 # computation. Evicting a compiled solve frees its executable.
-_TRACE_CACHE_SIZE = 256
+_TRACE_CACHE_SIZE = 8  # each entry holds a function and the arrays it captures
 _COMPILE_CACHE_SIZE = 64
 _TRACE_CACHE: "collections.OrderedDict" = collections.OrderedDict()
 _COMPILE_CACHE: "collections.OrderedDict" = collections.OrderedDict()
@@ -502,7 +560,8 @@ def _host_callback(callback, x, f, nit, nfev):
         stop = callback(intermediate)
     except StopIteration:
         stop = True
-    return np.bool_(stop is True)
+    stop = np.asarray(stop) if isinstance(stop, (bool, np.bool_, np.ndarray, jax.Array)) else None
+    return np.bool_(stop is not None and stop.dtype == bool and stop.ndim == 0 and bool(stop))
 
 
 def _solve(problem, config, x0, args, lower, upper, numeric):
@@ -527,7 +586,7 @@ def _solve(problem, config, x0, args, lower, upper, numeric):
 
     on_iterate = None
     if config.callback is not None:
-        host = functools.partial(_host_callback, config.callback)
+        host = functools.partial(_host_callback, config.callback.obj)
 
         def on_iterate(x, f, g, nit, nfev):
             return io_callback(host, jax.ShapeDtypeStruct((), bool), unravel(x), f, nit, nfev, ordered=True)

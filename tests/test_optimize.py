@@ -550,8 +550,8 @@ def test_non_array_args_are_static():
 
     res = js.minimize(fun, jnp.zeros(4), args=("none", 2, jnp.sin))
     np.testing.assert_allclose(res.x, [1, 1, 0, 0], atol=1e-4)
-    with pytest.raises(TypeError, match=r"args\[0\]"):
-        js.minimize(lambda x, a: jnp.sum(x**2), jnp.zeros(2), args=([{"a": "b"}],))
+    with pytest.raises(TypeError, match="args leaf 1"):
+        js.minimize(lambda x, a, b: jnp.sum(x**2), jnp.zeros(2), args=(1.0, {1, 2}))
 
 
 def test_default_maxiter_does_not_overflow_int32():
@@ -722,3 +722,36 @@ def test_newton_with_a_non_finite_hessian_is_nonfinite():
     fun = lambda x: jnp.sum(jnp.abs(x) ** (4 / 3) + (x - 1.0) ** 2)
     res = js.minimize(fun, jnp.zeros(2), method="newton")
     assert int(res.status) == js.Status.NONFINITE, res.message
+
+
+def test_cache_keys_see_what_the_printed_jaxpr_hides():
+    """An inner jax.jit over captured arrays and a pure_callback target are not shown by
+    str(jaxpr): each must still get its own solve; library custom_jvp functions (relu, logsumexp,
+    logaddexp) in fresh closures must not defeat the cache."""
+    for c in (1.0, 5.0):
+        centre = jnp.array([c, c])
+        inner = jax.jit(lambda x: jnp.sum((x - centre) ** 2))
+        np.testing.assert_allclose(js.minimize(lambda x: inner(x), jnp.zeros(2)).x, [c, c], rtol=1e-6)
+    for c in (1.0, 5.0):
+        host = lambda x, c=c: np.sum((np.asarray(x) - c) ** 2)
+        fun = lambda x: jax.pure_callback(host, jax.ShapeDtypeStruct((), jnp.float64), x)
+        res = js.minimize(fun, jnp.zeros(2), jac=lambda x, c=c: 2 * (x - c))
+        np.testing.assert_allclose(res.x, [c, c], rtol=1e-6)
+    X = jnp.ones((4, 2))
+    for i in range(3):
+        X = X + 1.0
+        js.minimize(lambda w: jnp.sum(jnp.logaddexp(0.0, X @ w)) + jnp.sum(jax.nn.relu(w)) + jnp.sum(w**2), jnp.zeros(2))
+        size = size if i else len(optimize._COMPILE_CACHE)
+    assert len(optimize._COMPILE_CACHE) == size
+
+
+def test_mixed_args_and_int_args():
+    res = js.minimize(lambda x, a: jnp.sum((x - a["c"]) ** a["p"]), jnp.zeros(2),
+                      args=({"c": jnp.ones(2), "p": 2},))
+    np.testing.assert_allclose(res.x, [1.0, 1.0], rtol=1e-6)
+
+
+def test_derivative_with_respect_to_equal_bounds():
+    solve = lambda lo, up: js.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(1), bounds=(lo, up)).x[0]
+    assert float(jax.grad(solve, argnums=1)(0.5, 0.5)) == 1.0  # the upper bound holds x (g < 0)
+    assert float(jax.grad(solve, argnums=0)(0.5, 0.5)) == 0.0
