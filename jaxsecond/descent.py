@@ -247,8 +247,9 @@ def run_descent(
             )
 
         # A failed search: forget the memory and search again (L-BFGS-B's restart), or give up. A
-        # stall where the gradient is at the rounding level of f is success (FTOL, for the methods
-        # that have an ftol test): the gradient is small against f, or the decrease that the
+        # stall where the gradient is at the rounding level of f is success (FTOL: f's reduction
+        # reached 0, also for BFGS and CG, which have no ftol option): the gradient is small against
+        # f, or the decrease that the
         # curvature model predicts, -g.d / 2, is below the rounding of f (a badly scaled problem at
         # its minimum, whose gradient the arithmetic cannot resolve: Meyer's |g| = 3e-3 at f = 88).
         newton_step = method.newton_direction | ~empty
@@ -256,7 +257,7 @@ def run_descent(
         at_rounding_level = gradient_at_rounding_level(
             projected_gradient(state.x, state.g, lower, upper), state.f
         ) | (newton_step & (predicted_decrease <= jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(state.f), 1.0)))
-        converged = refused & at_rounding_level & (options.ftol >= 0)
+        converged = refused & at_rounding_level
         failure = jnp.where(search.nonfinite, Status.NONFINITE, Status.LINESEARCH_FAILED)
         status = jnp.where(accepted, iterate_status, state.status)
         status = jnp.where(failed & empty, failure, status)

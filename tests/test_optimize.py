@@ -186,13 +186,10 @@ def test_float32(method, n):
     res = js.minimize(rosen, x0, method=method)
     assert res.x.dtype == jnp.float32 and res.fun.dtype == jnp.float32
     np.testing.assert_allclose(res.x, np.ones(n), atol=1e-4)
-    if method == "cg":
-        # CG has no test on f: below gtol = 1e-5 the float32 gradient is rounding noise, and the
-        # searches keep creeping until maxiter. A gtol above the noise ends it.
-        assert int(res.status) == js.Status.MAXITER
-        assert bool(js.minimize(rosen, x0, method=method, options={"gtol": 1e-4}).success)
-    else:
-        assert bool(res.success), res.message
+    # Below gtol = 1e-5 the float32 gradient is rounding noise: a search that no longer decreases f
+    # there is success (FTOL, a stall at a rounding-level gradient), for CG too (it used to creep
+    # on until maxiter).
+    assert bool(res.success), res.message
 
 
 def _host(fn, shape):
@@ -302,6 +299,7 @@ FAILURES = {
         _jump, [0.0], {"maxiter": 300}, js.Status.UNBOUNDED,
         {
             "l-bfgs": js.Status.LINESEARCH_FAILED, "l-bfgs-b": js.Status.LINESEARCH_FAILED,
+            "bfgs": js.Status.LINESEARCH_FAILED,  # a step up the jump is refused, never accepted
             "newton-cg": js.Status.LINESEARCH_FAILED, "trust-ncg": js.Status.MAXITER,
             "curveball": js.Status.MAXITER,
         },
