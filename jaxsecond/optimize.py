@@ -1,9 +1,9 @@
 """``minimize``: scipy.optimize.minimize's contract on pytrees, compiled end to end.
 
 This module is the front end: argument validation (at call time, naming pytree paths), the method
-table with each method's options and scipy defaults, the result type, and the compile cache (one
-``jax.jit`` keyed on the objective and the static options, so repeated calls with the same function
-and shapes do not compile again). The solvers themselves live in :mod:`jaxsecond.quasi_newton`,
+table with each method's options and scipy defaults, the result type, and the compile cache (the
+objective traced to a jaxpr whose captured arrays are inputs, and one ``jax.jit`` per distinct jaxpr
+and static options, so a new closure over new arrays does not compile again). The solvers themselves live in :mod:`jaxsecond.quasi_newton`,
 :mod:`jaxsecond.conjugate_gradient` and :mod:`jaxsecond.newton` (directions and memory),
 :mod:`jaxsecond.descent` (the shared line-search loop) and :mod:`jaxsecond.trust_region` (trust-ncg's
 loop); :mod:`jaxsecond.implicit_diff` makes the solution differentiable in ``args``.
