@@ -23,11 +23,14 @@ _DESCENT_FRACTION = 0.01
 
 
 class PreviousStep(NamedTuple):
-    """The previous direction and gradient, and whether they exist (false after a restart)."""
+    """The previous direction and gradient, whether they exist (false after a restart), and whether
+    the current direction used them (false when it is steepest descent, which a restart cannot
+    improve on: a search that fails along it ends the solve)."""
 
     d: Array
     g: Array
     valid: Array
+    conjugate: Array
 
 
 def polak_ribiere_direction(memory: PreviousStep, x, g, lower, upper):
@@ -36,12 +39,14 @@ def polak_ribiere_direction(memory: PreviousStep, x, g, lower, upper):
     beta = jnp.maximum(0.0, (g - memory.g) @ g / (memory.g @ memory.g))
     beta = jnp.where(memory.valid & jnp.isfinite(beta), beta, 0.0)
     d = -g + beta * memory.d
-    d = jnp.where(d @ g <= -_DESCENT_FRACTION * (g @ g), d, -g)
-    return d, PreviousStep(d=d, g=g, valid=jnp.ones((), bool))
+    conjugate = (beta != 0) & (d @ g <= -_DESCENT_FRACTION * (g @ g))
+    d = jnp.where(conjugate, d, -g)
+    return d, PreviousStep(d=d, g=g, valid=jnp.ones((), bool), conjugate=conjugate)
 
 
 def _init(x) -> PreviousStep:
-    return PreviousStep(d=jnp.zeros_like(x), g=jnp.ones_like(x), valid=jnp.zeros((), bool))
+    false = jnp.zeros((), bool)
+    return PreviousStep(d=jnp.zeros_like(x), g=jnp.ones_like(x), valid=false, conjugate=false)
 
 
 def cg() -> DescentMethod:
@@ -51,8 +56,10 @@ def cg() -> DescentMethod:
         init_memory=_init,
         direction=polak_ribiere_direction,
         update_memory=lambda memory, s, y, keep: memory,
-        reset_memory=lambda memory, forget: memory._replace(valid=memory.valid & ~forget),
-        memory_is_empty=lambda memory: ~memory.valid,
+        reset_memory=lambda memory, forget: memory._replace(
+            valid=memory.valid & ~forget, conjugate=memory.conjugate & ~forget
+        ),
+        memory_is_empty=lambda memory: ~memory.conjugate,
         c1=1e-4,
         c2=0.4,
         xtol=1e-14,

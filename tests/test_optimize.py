@@ -300,6 +300,7 @@ FAILURES = {
         {
             "l-bfgs": js.Status.LINESEARCH_FAILED, "l-bfgs-b": js.Status.LINESEARCH_FAILED,
             "bfgs": js.Status.LINESEARCH_FAILED,  # a step up the jump is refused, never accepted
+            "cg": js.Status.LINESEARCH_FAILED,  # and a failed restart along -g ends the solve
             "newton-cg": js.Status.LINESEARCH_FAILED, "trust-ncg": js.Status.MAXITER,
             "curveball": js.Status.MAXITER,
         },
