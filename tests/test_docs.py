@@ -58,18 +58,12 @@ def test_repository_url_is_written_once():
         assert f"git+{REPOSITORY}" in texts[notebook.name], notebook.name
 
 
-# Notebooks being rewritten on other branches; strict, so the entry must go once they end with a
-# conclusion.
-_AWAITING_CONCLUSION = {"curveball.ipynb", "training_recipes.ipynb"}
-
-
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="no conclusion cell yet"))
-    if p.name in _AWAITING_CONCLUSION else p for p in NOTEBOOKS], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_ends_with_a_conclusion(path):
     cells = json.loads(path.read_text())["cells"]
     assert cells[0]["cell_type"] == "markdown", "the first cell states what the notebook shows"
     assert cells[-1]["cell_type"] == "markdown", "the last cell draws the conclusion"
+    assert cells[-1]["source"][0].startswith("## Conclusions")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
