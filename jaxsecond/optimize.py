@@ -3,7 +3,9 @@
 This module is the front end: argument validation (at call time, naming pytree paths), the method
 table with each method's options and scipy defaults, the result type, and the compile cache (the
 objective traced to a jaxpr whose captured arrays are inputs, and one ``jax.jit`` per distinct jaxpr
-and static options, so a new closure over new arrays does not compile again). The solvers themselves live in :mod:`jaxsecond.quasi_newton`,
+and static options, so a new closure over new arrays does not compile again), and the call cache (a call
+that repeats a recent one in everything but array values goes straight to its compiled solve). The
+solvers themselves live in :mod:`jaxsecond.quasi_newton`,
 :mod:`jaxsecond.conjugate_gradient` and :mod:`jaxsecond.newton` (directions and memory),
 :mod:`jaxsecond.descent` (the shared line-search loop) and :mod:`jaxsecond.trust_region` (trust-ncg's
 loop); :mod:`jaxsecond.implicit_diff` makes the solution differentiable in ``args``.
@@ -187,6 +189,17 @@ def minimize(
       >>> bool(res.success), round(float(res.x["a"]), 4)
       (True, 1.0)
     """
+    if not isinstance(args, tuple):
+        args = (args,)
+    call_key, traced_args, static_args = _call_key(fun, x0, args, method, jac, bounds, tol, callback, options)
+    prepared = _CALL_CACHE.pop(call_key, None) if call_key is not None else None
+    if prepared is not None:
+        # The same function object, options and shapes as a recent call: everything below but the
+        # bounds was validated then; only the values differ.
+        _CALL_CACHE[call_key] = prepared
+        solve, consts, numeric = prepared
+        lower, upper = broadcast_bounds(bounds, x0) if bounds is not None else (None, None)
+        return solve(_as_arrays(x0), (consts, traced_args), lower, upper, numeric)
     name, spec = _resolve_method(method, bounds)
     opts = _resolve_options(name, spec, tol, options)
     _check_x0(x0)
@@ -194,8 +207,6 @@ def minimize(
         raise ValueError(
             f"method={name!r} cannot honour bounds; use method='l-bfgs-b' (or drop bounds)"
         )
-    if not isinstance(args, tuple):
-        args = (args,)
     if jac is not None and jac is not True and not callable(jac):
         raise TypeError(f"jac must be None, True or a callable; got {jac!r}")
     lower, upper = broadcast_bounds(bounds, x0) if bounds is not None else (None, None)
@@ -224,25 +235,87 @@ def minimize(
         raise TypeError(f"callback must be None or a callable; got {callback!r}")
     if callback is not None and name == "curveball":
         raise ValueError("callback is not supported by method='curveball'")
-    numeric = {k: _canonical_number(v, k) for k, v in numeric.items()}
-    x0 = jax.tree.map(lambda leaf: leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf), x0)
+    numeric = _pack_numeric({k: _canonical_number(v, k) for k, v in numeric.items()})
+    x0 = _as_arrays(x0)
     config = _SolveConfig(
         jac=jac if jac is None or jac is True else "callable", method=name,
         static=tuple(sorted(static.items())), disp=bool(opts.get("disp", False)),
         callback=None if callback is None else _Identity(callback),
     )
     try:
-        traced_args, static_args = _split_args(args)
         problem, consts = _trace(fun, jac, x0, traced_args, static_args)
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError, IndexError, TypeError):
         # fun may use an int argument as a Python value (a size, an index): trace again with ints
-        # static (a failure there is fun's own error, raised as it is).
+        # static (a failure there is fun's own error, raised as it is). Such calls are not keyed
+        # for the fast path, whose key holds ints as traced values.
         if not any(isinstance(leaf, int) and not isinstance(leaf, bool) for leaf in jax.tree.leaves(args)):
             raise
+        call_key = None
         traced_args, static_args = _split_args(args, static_ints=True)
         problem, consts = _trace(fun, jac, x0, traced_args, static_args)
     solve = _compiled_solve(problem, config)
+    if call_key is not None and not any(isinstance(c, jax.core.Tracer) for c in consts):
+        _lru_get(_CALL_CACHE, call_key, lambda: (solve, consts, numeric), _TRACE_CACHE_SIZE)
     return solve(x0, (consts, traced_args), lower, upper, numeric)
+
+
+_FLOAT_OPTIONS = ("gtol", "ftol", "xtol")
+_INT_OPTIONS = ("maxiter", "maxfun", "maxls")
+
+
+def _pack_numeric(numeric):
+    """The loop's tolerances and budgets as one float and one int32 array (two transfers per call,
+    not one per option), and CurveBall's hyper-parameters (``None`` for automatic) as they are."""
+    floats = [numeric[k] for k in _FLOAT_OPTIONS]
+    if any(isinstance(v, jax.core.Tracer) for v in floats):  # tol traced under jit
+        floats = jnp.stack([jnp.asarray(v, jnp.result_type(float)) for v in floats])
+    else:
+        floats = np.asarray(floats, np.float64)
+    ints = np.asarray([numeric[k] for k in _INT_OPTIONS], np.int32)
+    rest = {k: v for k, v in numeric.items() if k not in _FLOAT_OPTIONS + _INT_OPTIONS}
+    return floats, ints, rest
+
+
+def _unpack_numeric(packed):
+    floats, ints, rest = packed
+    return {**dict(zip(_FLOAT_OPTIONS, floats)), **dict(zip(_INT_OPTIONS, ints)), **rest}
+
+
+def _as_arrays(x0):
+    return jax.tree.map(lambda leaf: leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf), x0)
+
+
+def _leaf_signature(leaf):
+    aval = getattr(leaf, "aval", None)
+    if aval is not None:
+        return type(leaf), aval.shape, aval.dtype, aval.weak_type
+    return type(leaf), np.shape(leaf), getattr(leaf, "dtype", None)
+
+
+def _call_key(fun, x0, args, method, jac, bounds, tol, callback, options):
+    """The key of a call for the fast path, with ``args`` split into traced and static leaves.
+
+    Everything that ``minimize`` validates, resolves or traces depends only on this key: the
+    function objects (by identity where they hash so), the method, the type and value of every
+    option, the structure, types, shapes and dtypes of ``x0`` and of the traced ``args``, the static
+    ``args`` and whether bounds are given. The key is ``None`` where some part is unhashable or
+    traced (options under ``jit``); such calls take the full path.
+    """
+    traced, static = _split_args(args)
+    try:
+        items = tuple((k, type(v), v) for k, v in sorted(dict(options or {}).items()))
+        if isinstance(tol, jax.core.Tracer) or any(isinstance(v, jax.core.Tracer) for _, _, v in items):
+            return None, traced, static
+        x_leaves, x_tree = jax.tree.flatten(x0)
+        key = (
+            fun, jac, None if callback is None else _Identity(callback), method, type(tol), tol, items,
+            bounds is None, x_tree, tuple(map(_leaf_signature, x_leaves)), static,
+            tuple(_leaf_signature(leaf) for leaf in traced if leaf is not None),
+        )
+        hash(key)
+    except (TypeError, ValueError):
+        return None, traced, static
+    return key, traced, static
 
 
 def _resolve_method(method, bounds):
@@ -463,6 +536,9 @@ class _SolveConfig(NamedTuple):
 _TRACE_CACHE_SIZE = 8  # each entry holds a function and the arrays it captures
 _COMPILE_CACHE_SIZE = 64
 _TRACE_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+# Calls already prepared (validated options, traced objective, compiled solve), keyed by
+# ``_call_key``: a repeated call skips straight to the compiled solve.
+_CALL_CACHE: "collections.OrderedDict" = collections.OrderedDict()
 _COMPILE_CACHE: "collections.OrderedDict" = collections.OrderedDict()
 
 
@@ -592,6 +668,7 @@ def _solve(problem, config, x0, args, lower, upper, numeric):
             return io_callback(host, jax.ShapeDtypeStruct((), bool), unravel(x), f, nit, nfev, ordered=True)
 
     def solve(x_start, args, lo, up, numeric):
+        numeric = _unpack_numeric(numeric)
         options = DescentOptions(
             gtol=jnp.asarray(numeric["gtol"], dtype),
             ftol=jnp.asarray(numeric["ftol"], dtype),

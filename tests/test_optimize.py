@@ -560,6 +560,26 @@ def test_default_maxiter_does_not_overflow_int32():
     assert bool(res.success) and int(res.nit) >= 1
 
 
+def test_repeated_calls_take_the_fast_path_and_still_validate():
+    def loss(x, c):
+        return jnp.sum((x - c) ** 2)
+
+    optimize._CALL_CACHE.clear()
+    for c in (1.0, 2.0, jnp.array(3.0)):  # new values of args: one prepared call, the right answers
+        res = js.minimize(loss, jnp.zeros(2), args=(c,), options={"maxiter": 100})
+        np.testing.assert_allclose(res.x, [float(c)] * 2, rtol=1e-6)
+    assert len(optimize._CALL_CACHE) == 1
+    # What was valid once is not taken on trust for values of another type or another box.
+    with pytest.raises(TypeError, match="maxiter"):
+        js.minimize(loss, jnp.zeros(2), args=(1.0,), options={"maxiter": 100.0})
+    bounded = lambda lower: js.minimize(loss, jnp.zeros(2), args=(5.0,), bounds=(lower, 4.0))
+    np.testing.assert_allclose(bounded(0.0).x, [4.0, 4.0])
+    with pytest.raises(ValueError, match="lower"):
+        bounded(4.5)
+    with pytest.raises(TypeError, match="floating"):
+        js.minimize(loss, jnp.zeros(2, jnp.int32), args=(1.0,), options={"maxiter": 100})
+
+
 def test_no_recompile_when_only_python_types_change():
     optimize._COMPILE_CACHE.clear()  # a full cache would hide a new entry
     fun = lambda x, a: jnp.sum((x - a) ** 2)
