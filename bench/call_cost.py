@@ -70,8 +70,8 @@ def main():
     jax.block_until_ready(js.minimize(loss, w0, args=(X, y), options={"maxiter": 0}).x)
     solve0 = timed(lambda i: js.minimize(loss, w0, args=(X, y), options={"maxiter": 0}).x, 501)
     # The compiled solve alone (what remains of the call once the front end is skipped).
-    solve = next(reversed(optimize._COMPILE_CACHE.values()))
-    consts, numeric = optimize._CALL_CACHE[next(reversed(optimize._CALL_CACHE))][1:]
+    prepared = optimize._CALL_CACHE[next(reversed(optimize._CALL_CACHE))]
+    solve, consts, numeric = optimize._COMPILE_CACHE[prepared.solve_key], prepared.traced[1], prepared.numeric
     program = timed(lambda i: solve(w0, (consts, (X, y)), None, None, numeric).x, 501)
     bare = jax.jit(loss)
     jax.block_until_ready(bare(w0, X, y))

@@ -193,13 +193,17 @@ def minimize(
         args = (args,)
     call_key, traced_args, static_args = _call_key(fun, x0, args, method, jac, bounds, tol, callback, options)
     prepared = _CALL_CACHE.pop(call_key, None) if call_key is not None else None
-    if prepared is not None:
+    if prepared is not None and _TRACE_CACHE.get(prepared.trace_key) is prepared.traced:
         # The same function object, options and shapes as a recent call: everything below but the
-        # bounds was validated then; only the values differ.
+        # bounds was validated then; only the values differ. The entry is used only while the trace
+        # cache holds the same trace (what the function captures is read as often as before), and
+        # it refreshes the trace and compile caches' order as a full call would.
         _CALL_CACHE[call_key] = prepared
-        solve, consts, numeric = prepared
+        _TRACE_CACHE.move_to_end(prepared.trace_key)
+        _COMPILE_CACHE.move_to_end(prepared.solve_key)
         lower, upper = broadcast_bounds(bounds, x0) if bounds is not None else (None, None)
-        return solve(_as_arrays(x0), (consts, traced_args), lower, upper, numeric)
+        solve, consts = _COMPILE_CACHE[prepared.solve_key], prepared.traced[1]
+        return solve(_as_arrays(x0), (consts, traced_args), lower, upper, prepared.numeric)
     name, spec = _resolve_method(method, bounds)
     opts = _resolve_options(name, spec, tol, options)
     _check_x0(x0)
@@ -227,6 +231,7 @@ def minimize(
     int_max = int(np.iinfo(np.int32).max)
     numeric["maxiter"] = min(200 * n if opts["maxiter"] is None else int(opts["maxiter"]), int_max)
     numeric["maxfun"] = min(int(numeric["maxfun"]), int_max)
+    numeric["maxls"] = min(int(numeric["maxls"]), int_max)
     if "xtol" in opts:
         numeric["xtol"] = n * opts["xtol"]  # scipy's Newton-CG: the average per variable
     if name == "curveball":
@@ -243,7 +248,7 @@ def minimize(
         callback=None if callback is None else _Identity(callback),
     )
     try:
-        problem, consts = _trace(fun, jac, x0, traced_args, static_args)
+        problem, consts, trace_key = _trace(fun, jac, x0, traced_args, static_args)
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError, IndexError, TypeError):
         # fun may use an int argument as a Python value (a size, an index): trace again with ints
         # static (a failure there is fun's own error, raised as it is). Such calls are not keyed
@@ -252,11 +257,22 @@ def minimize(
             raise
         call_key = None
         traced_args, static_args = _split_args(args, static_ints=True)
-        problem, consts = _trace(fun, jac, x0, traced_args, static_args)
+        problem, consts, trace_key = _trace(fun, jac, x0, traced_args, static_args)
     solve = _compiled_solve(problem, config)
-    if call_key is not None and not any(isinstance(c, jax.core.Tracer) for c in consts):
-        _lru_get(_CALL_CACHE, call_key, lambda: (solve, consts, numeric), _TRACE_CACHE_SIZE)
+    if call_key is not None and trace_key is not None:
+        _lru_get(_CALL_CACHE, call_key,
+                 lambda: _Prepared(trace_key, _TRACE_CACHE[trace_key], (problem, config), numeric),
+                 _TRACE_CACHE_SIZE)
     return solve(x0, (consts, traced_args), lower, upper, numeric)
+
+
+class _Prepared(NamedTuple):
+    """A call's cached preparation: the keys of its trace and compiled solve, and its options."""
+
+    trace_key: Any
+    traced: tuple  # the trace cache's (problem, consts) entry, compared by identity
+    solve_key: Any
+    numeric: Any
 
 
 _FLOAT_OPTIONS = ("gtol", "ftol", "xtol")
@@ -308,7 +324,7 @@ def _call_key(fun, x0, args, method, jac, bounds, tol, callback, options):
             return None, traced, static
         x_leaves, x_tree = jax.tree.flatten(x0)
         key = (
-            fun, jac, None if callback is None else _Identity(callback), method, type(tol), tol, items,
+            fun, type(jac), jac, None if callback is None else _Identity(callback), method, type(tol), tol, items,
             bounds is None, x_tree, tuple(map(_leaf_signature, x_leaves)), static,
             tuple(_leaf_signature(leaf) for leaf in traced if leaf is not None),
         )
@@ -562,7 +578,9 @@ def _avals(tree):
 
 
 def _trace(fun, jac, x0, traced_args, static_args):
-    """Traces ``fun`` (and ``jac``) once into a :class:`_Problem` and the arrays it captures."""
+    """Traces ``fun`` (and ``jac``) once into a :class:`_Problem` and the arrays it captures; also
+    returns the trace cache's key, ``None`` where the trace is not cached (an unhashable function,
+    captured tracers)."""
 
     def full(x, targs):
         args = _merge_args(targs, static_args)
@@ -579,17 +597,17 @@ def _trace(fun, jac, x0, traced_args, static_args):
         return problem, tuple(closed.consts)
 
     try:
-        key = (fun, jac, static_args, jax.tree.structure((x0, traced_args)), _avals((x0, traced_args)))
+        key = (fun, type(jac), jac, static_args, jax.tree.structure((x0, traced_args)), _avals((x0, traced_args)))
         hash(key)
     except TypeError:
-        return make()
+        return (*make(), None)
     problem, consts = _lru_get(_TRACE_CACHE, key, make, _TRACE_CACHE_SIZE)
     if any(isinstance(c, jax.core.Tracer) for c in consts):
         # Captured tracers belong to the trace that made them (an outer jit, grad or vmap): trace
         # again, and do not keep them.
         _TRACE_CACHE.pop(key, None)
-        return make()
-    return problem, consts
+        return (*make(), None)
+    return problem, consts, key
 
 
 def _check_outputs(out, jac, x0):

@@ -578,6 +578,21 @@ def test_repeated_calls_take_the_fast_path_and_still_validate():
         bounded(4.5)
     with pytest.raises(TypeError, match="floating"):
         js.minimize(loss, jnp.zeros(2, jnp.int32), args=(1.0,), options={"maxiter": 100})
+    value_and_grad = lambda x: (jnp.sum(x**2), 2 * x)
+    js.minimize(value_and_grad, jnp.ones(2), jac=True)
+    with pytest.raises(TypeError, match="jac"):  # 1 == True, but it is not a valid jac
+        js.minimize(value_and_grad, jnp.ones(2), jac=1)
+
+
+def test_the_fast_path_does_not_outlive_the_trace():
+    # What a function captures is read when it is traced; a prepared call is used only while its
+    # trace is cached, so once the trace is evicted the function is read again.
+    centre = {"c": jnp.ones(2)}
+    fun = lambda x: jnp.sum((x - centre["c"]) ** 2)
+    np.testing.assert_allclose(js.minimize(fun, jnp.zeros(2)).x, [1.0, 1.0], rtol=1e-6)
+    centre["c"] = jnp.full(2, 2.0)
+    optimize._TRACE_CACHE.clear()
+    np.testing.assert_allclose(js.minimize(fun, jnp.zeros(2)).x, [2.0, 2.0], rtol=1e-6)
 
 
 def test_no_recompile_when_only_python_types_change():
