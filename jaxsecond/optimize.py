@@ -193,11 +193,12 @@ def minimize(
         args = (args,)
     call_key, traced_args, static_args = _call_key(fun, x0, args, method, jac, bounds, tol, callback, options)
     prepared = _CALL_CACHE.pop(call_key, None) if call_key is not None else None
-    if prepared is not None and _TRACE_CACHE.get(prepared.trace_key) is prepared.traced:
+    if (prepared is not None and _TRACE_CACHE.get(prepared.trace_key) is prepared.traced
+            and prepared.solve_key in _COMPILE_CACHE):
         # The same function object, options and shapes as a recent call: everything below but the
         # bounds was validated then; only the values differ. The entry is used only while the trace
-        # cache holds the same trace (what the function captures is read as often as before), and
-        # it refreshes the trace and compile caches' order as a full call would.
+        # cache holds the same trace (what the function captures is read as often as before) and
+        # its solve is still compiled, and it refreshes both caches' order as a full call would.
         _CALL_CACHE[call_key] = prepared
         _TRACE_CACHE.move_to_end(prepared.trace_key)
         _COMPILE_CACHE.move_to_end(prepared.solve_key)

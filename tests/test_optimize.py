@@ -593,6 +593,8 @@ def test_the_fast_path_does_not_outlive_the_trace():
     centre["c"] = jnp.full(2, 2.0)
     optimize._TRACE_CACHE.clear()
     np.testing.assert_allclose(js.minimize(fun, jnp.zeros(2)).x, [2.0, 2.0], rtol=1e-6)
+    optimize._COMPILE_CACHE.clear()  # nor its compiled solve (evicted by 64 other solves)
+    np.testing.assert_allclose(js.minimize(fun, jnp.zeros(2)).x, [2.0, 2.0], rtol=1e-6)
 
 
 def test_no_recompile_when_only_python_types_change():
