@@ -37,7 +37,8 @@ import jaxsecond as js  # noqa: E402
 from machine import describe  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "lbfgsb_scale.md")
-OPTIONS = {"maxiter": 15000, "maxfun": 15000, "gtol": 1e-5, "maxcor": 10}
+# scipy's defaults, ftol included (jaxsecond's default ftol is 0): iterate for iterate with scipy.
+OPTIONS = {"maxiter": 15000, "maxfun": 15000, "gtol": 1e-5, "ftol": 2.220446049250313e-09, "maxcor": 10}
 
 
 def problem(n, seed=0):

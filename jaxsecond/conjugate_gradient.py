@@ -64,5 +64,5 @@ def cg() -> DescentMethod:
         c2=0.4,
         xtol=1e-14,
         initial_step=wolfe1_initial_step(start_from_gradient_norm=True),
-        direction_updates_memory=True,
+        direction_updates=PreviousStep._fields,
     )

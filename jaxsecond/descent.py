@@ -57,8 +57,10 @@ class DescentMethod(NamedTuple):
       initial_step: ``None`` for L-BFGS-B's first trial step (1, or ``1/|d|`` on the first iteration
         of a problem not bounded on every side), or ``(f, f_prev, g, d, nit) -> stp`` where
         ``f_prev`` is the value at the previous iterate (undefined when ``nit == 0``).
-      direction_updates_memory: ``direction`` returns ``(d, memory)`` instead of ``d`` (a method
-        whose memory is small and holds the previous direction, such as nonlinear CG).
+      direction_updates: the fields of the (``NamedTuple``) memory that ``direction`` changes; when
+        not empty, ``direction`` returns ``(d, memory)`` instead of ``d`` (nonlinear CG keeps its
+        previous direction, L-BFGS-B its free set and that set's Gram matrix). Only these fields
+        leave the direction's branch: the large buffers stay in place.
       newton_direction: the direction is a Newton step of a model of the curvature even when the
         memory is empty (Newton, Newton-CG), so ``-g.d / 2`` is the decrease the model predicts.
     """
@@ -72,7 +74,7 @@ class DescentMethod(NamedTuple):
     c2: float = 0.9
     xtol: float = 0.1
     initial_step: Optional[Callable[..., Array]] = None
-    direction_updates_memory: bool = False
+    direction_updates: tuple = ()
     newton_direction: bool = False
 
 
@@ -137,9 +139,12 @@ def run_descent(
     boxed = jnp.all(jnp.isfinite(lower) & jnp.isfinite(upper))
 
     def direction_and_search(memory, x, f, f_prev, g, nit):
-        d = method.direction(memory, x, g, lower, upper)
-        if method.direction_updates_memory:
+        with jax.named_scope("direction"):  # names in profiles
+            d = method.direction(memory, x, g, lower, upper)
+        updated = None
+        if method.direction_updates:
             d, memory = d
+            updated = tuple(getattr(memory, name) for name in method.direction_updates)
         big = longest_step(x, d)
         limit = jnp.where(constrained, max_step_in_box(x, d, lower, upper, big), big)
         first = nit == 0
@@ -153,22 +158,23 @@ def run_descent(
         # Below this step x + stp d rounds to x: the search stops there instead of shrinking forever.
         stpmin = rounding_step(x, d)
         search = ls_lib.line_search_init(f, g @ d, stp, limit, jnp.minimum(stpmin, limit))
-        return d, search, (memory if method.direction_updates_memory else None)
+        return d, search, updated
 
     def new_direction(state: _State) -> _State:
         # The memory is only read inside the conditional (and reset by a masked, in-place update
         # outside it): passing large buffers through a branch would make XLA copy them every trip.
-        # (Only a method whose memory is small returns it from the branch.)
+        # (Only the small fields named by ``direction_updates`` leave the branch.)
         memory = method.reset_memory(state.memory, state.need_direction & state.forget)
         empty = method.memory_is_empty(memory)
-        d, search, new_memory = lax.cond(
+        unchanged = tuple(getattr(memory, name) for name in method.direction_updates) or None
+        d, search, updated = lax.cond(
             state.need_direction,
             direction_and_search,
-            lambda *_: (state.d, state.search, memory if method.direction_updates_memory else None),
+            lambda *_: (state.d, state.search, unchanged),
             memory, state.x, state.f, state.f_prev, state.g, state.nit,
         )
-        if method.direction_updates_memory:
-            memory = new_memory
+        if method.direction_updates:
+            memory = memory._replace(**dict(zip(method.direction_updates, updated)))
         # An uphill direction: retry next trip without memory, or give up if there was none.
         uphill = state.need_direction & (search.task == ls_lib.ERROR)
         status = jnp.where(uphill & empty, Status.LINESEARCH_FAILED, state.status)
@@ -188,7 +194,8 @@ def run_descent(
         active = ~state.need_direction & (state.status == Status.RUNNING)
         initial = state.nfev == 0
         x_trial = jnp.where(initial, state.x, project(state.x + state.search.stp * state.d, lower, upper))
-        f_trial, g_trial = value_and_grad(x_trial)
+        with jax.named_scope("objective"):
+            f_trial, g_trial = value_and_grad(x_trial)
         f_trial = jnp.asarray(f_trial, dtype)
         nfev = state.nfev + active.astype(jnp.int32)
         search = ls_lib.line_search_step(
@@ -218,7 +225,8 @@ def run_descent(
         s, y = x_trial - state.x, g_trial - state.g
         # Keep the pair only if the curvature s.y is safely positive (L-BFGS-B's test).
         keep = accepted & ~initial & (s @ y > jnp.finfo(dtype).eps * (-(state.g @ state.d) * stp))
-        memory = method.update_memory(state.memory, s, y, keep)
+        with jax.named_scope("update_memory"):
+            memory = method.update_memory(state.memory, s, y, keep)
         iterate_status, pg_norm = status_at_iterate(
             x_trial, f_trial, g_trial, jnp.where(initial, f_trial, state.f), lower, upper, nit, nfev,
             options.gtol, options.ftol, options.maxiter, options.maxfun, initial,

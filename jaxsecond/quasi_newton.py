@@ -12,12 +12,14 @@ buffer are what XLA runs fastest; the pytree is flattened once, by the driver).
   maintained JAX library implements it (jaxopt's LBFGSB is a projected-gradient approximation and
   unmaintained; optax has no bound constraints).
 
-The Gram matrices ``S^T Y``, ``S^T S`` and ``Y^T Y`` are updated incrementally (O(mn) per iteration)
-so that only ``2m x 2m`` systems are ever factorised.
+The Gram matrices ``S^T Y`` and ``S^T S`` are updated incrementally (O(mn) per iteration)
+so that only ``2m x 2m`` systems are ever factorised. So is the Gram matrix of the subspace step over
+the free variables (as L-BFGS-B's ``formk``): by the pair that enters and the variables whose free
+or fixed state changed, recomputed in full only when many changed while older pairs are stored.
 """
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,10 +36,12 @@ class LimitedMemory(NamedTuple):
     y: Array  # (m, n)
     sy: Array  # (m, m) s_i . y_j
     ss: Array  # (m, m) s_i . s_j
-    yy: Array  # (m, m) y_i . y_j
     theta: Array  # scaling of the initial matrix B0 = theta I (y.y / s.y of the newest pair)
     count: Array  # number of stored pairs
     next: Array  # slot the next pair goes to
+    free: Array  # (n,) the free set ``free_gram`` is taken over (L-BFGS-B)
+    free_gram: Array  # (2m, 2m) [Y; S] Z Z^T [Y; S]^T, Z the columns of ``free`` (L-BFGS-B)
+    stale: Array  # (m,) slots stored since ``free_gram`` was updated (their rows in it are not set)
 
 
 def init_memory(x, maxcor: int) -> LimitedMemory:
@@ -45,8 +49,10 @@ def init_memory(x, maxcor: int) -> LimitedMemory:
     zeros_mn = jnp.zeros((maxcor, n), dtype)
     zeros_mm = jnp.zeros((maxcor, maxcor), dtype)
     return LimitedMemory(
-        s=zeros_mn, y=zeros_mn, sy=zeros_mm, ss=zeros_mm, yy=zeros_mm,
+        s=zeros_mn, y=zeros_mn, sy=zeros_mm, ss=zeros_mm,
         theta=jnp.ones((), dtype), count=jnp.zeros((), jnp.int32), next=jnp.zeros((), jnp.int32),
+        free=jnp.ones((n,), bool), free_gram=jnp.zeros((2 * maxcor, 2 * maxcor), dtype),
+        stale=jnp.zeros((maxcor,), bool),
     )
 
 
@@ -62,8 +68,11 @@ def push_pair(memory: LimitedMemory, s, y, keep=True, *, gram: bool = True) -> L
     """Stores the pair ``(s, y)`` over the oldest one when ``keep``, and updates the Gram matrices.
 
     The write is a masked in-place row update (the row is rewritten with itself when ``keep`` is
-    false), so it costs O(n) inside the solver loop instead of a copy of the whole buffer. With
-    ``gram=False`` only the diagonal ``s_k.y_k`` is kept (all the two-loop recursion needs).
+    false), so it costs O(n) inside the solver loop instead of a copy of the whole buffer; the Gram
+    rows (O(mn), one pass over the buffers) are computed only when the pair is kept. The pair's rows
+    of the free Gram matrix are left to :func:`update_free_gram` (the slot is marked stale), which
+    knows the next free set. With ``gram=False`` only the diagonal ``s_k.y_k`` is kept (all the
+    two-loop recursion needs).
     """
     m = memory.s.shape[0]
     k = memory.next
@@ -71,18 +80,21 @@ def push_pair(memory: LimitedMemory, s, y, keep=True, *, gram: bool = True) -> L
     y = jnp.where(keep, y, memory.y[k])
     S = memory.s.at[k].set(s)
     Y = memory.y.at[k].set(y)
+    sy, ss, stale = memory.sy, memory.ss, memory.stale
     if gram:
-        Ss, Sy, Ys, Yy = S @ s, S @ y, Y @ s, Y @ y
-        sy = memory.sy.at[k, :].set(Ys).at[:, k].set(Sy)
-        ss = memory.ss.at[k, :].set(Ss).at[:, k].set(Ss)
-        yy = memory.yy.at[k, :].set(Yy).at[:, k].set(Yy)
+        zeros = (jnp.zeros((m,), S.dtype),) * 3
+        Ys, Ss, Sy = lax.cond(keep, lambda: (Y @ s, S @ s, S @ y), lambda: zeros)
+        sy = jnp.where(keep, sy.at[k, :].set(Ys).at[:, k].set(Sy), sy)
+        ss = jnp.where(keep, ss.at[k, :].set(Ss).at[:, k].set(Ss), ss)
+        stale = stale | (keep & (jnp.arange(m) == k))
     else:
-        sy, ss, yy = memory.sy.at[k, k].set(s @ y), memory.ss, memory.yy
-    return LimitedMemory(
-        s=S, y=Y, sy=sy, ss=ss, yy=yy,
+        sy = sy.at[k, k].set(s @ y)
+    return memory._replace(
+        s=S, y=Y, sy=sy, ss=ss,
         theta=jnp.where(keep, (y @ y) / (s @ y), memory.theta),
         count=jnp.where(keep, jnp.minimum(memory.count + 1, m), memory.count),
         next=jnp.where(keep, (k + 1) % m, k),
+        stale=stale,
     )
 
 
@@ -353,55 +365,116 @@ def subspace_minimization(memory: LimitedMemory, compact: _Compact, x, g, lower,
 
     The reduced Newton step solves ``(theta I - A M A^T) d = r`` on the free set, with ``A = Z^T W``,
     by the Sherman–Morrison–Woodbury identity, which needs only the ``2m x 2m`` system
-    ``(M^{-1} - A^T A / theta) v = A^T r``. The step from ``xcp`` is then projected onto the box; if
-    that projection is not a descent direction from ``x``, it is instead truncated at the first bound
-    (L-BFGS-B 3.0, Morales & Nocedal 2011).
+    ``(M^{-1} - A^T A / theta) v = A^T r`` (``A^T A`` from :func:`update_free_gram`). The step from
+    ``xcp`` is then projected onto the box; if that projection is not a descent direction from
+    ``x``, it is instead truncated at the first bound (L-BFGS-B 3.0, Morales & Nocedal 2011).
+
+    Returns:
+      ``(z, free_gram)``: the new point and the Gram matrix of ``[Y; S]`` over ``free``.
     """
     theta = compact.theta
-    wmc = _w_times(memory, compact, compact.mmat @ c)
-    r = jnp.where(free, -g - theta * (xcp - x) + wmc, 0.0)
-    wtr = _w_transpose_times(memory, compact, r)
-    gram = _free_gram(memory, compact, free)
-    v = jnp.linalg.solve(compact.minv - gram / theta, wtr)
-    dhat = jnp.where(free, r / theta + _w_times(memory, compact, v) / theta**2, 0.0)
+    m = memory.s.shape[0]
+    # The reduced gradient is r = Z^T (r0 + W M c): its W^T Z product is W^T r0 + A^T A M c, and
+    # the step r / theta + W v / theta^2 on the free set is r0 / theta + W (M c / theta + v / theta^2),
+    # two passes over the buffers in all (the first also gives the newest pair's free Gram rows).
+    r0 = jnp.where(free, -g - theta * (xcp - x), 0.0)
+    with jax.named_scope("free_gram"):
+        unscaled_gram, w0_r0 = update_free_gram(memory, free, r0)
+    scale = jnp.concatenate([jnp.ones((m,), theta.dtype), jnp.full((m,), theta)])  # W = [Y; theta S]
+    both = compact.valid2[:, None] & compact.valid2[None, :]
+    gram = jnp.where(both, scale[:, None] * unscaled_gram * scale, 0.0)
+    wtr0 = jnp.where(compact.valid2, scale * w0_r0, 0.0)
+    mc = compact.mmat @ c
+    v = jnp.linalg.solve(compact.minv - gram / theta, wtr0 + gram @ mc)
+    dhat = jnp.where(free, r0 / theta + _w_times(memory, compact, mc / theta + v / theta**2), 0.0)
 
     projected = jnp.clip(xcp + dhat, lower, upper)
     clipped = jnp.any(projected != xcp + dhat)
     alpha = max_step_in_box(xcp, dhat, lower, upper, 1.0)
     truncated = jnp.clip(xcp + alpha * dhat, lower, upper)
     uphill = (projected - x) @ g > 0
-    return jnp.where(clipped & uphill, truncated, projected)
+    return jnp.where(clipped & uphill, truncated, projected), unscaled_gram
 
 
-def _free_gram(memory: LimitedMemory, compact: _Compact, free) -> Array:
-    """``W^T Z Z^T W`` for the free set: the full Gram matrix minus the part over fixed variables."""
-    theta = compact.theta
-    full = jnp.block([[memory.yy, theta * memory.sy.T], [theta * memory.sy, theta**2 * memory.ss]])
-
-    def fixed_part(_):
-        fixed = (~free).astype(memory.s.dtype)
-        w = jnp.concatenate([memory.y, theta * memory.s]) * fixed
-        return w @ jnp.concatenate([memory.y, theta * memory.s]).T
-
-    part = lax.cond(jnp.all(free), lambda _: jnp.zeros_like(full), fixed_part, None)
-    mask = compact.valid2[:, None] & compact.valid2[None, :]
-    return jnp.where(mask, full - part, 0.0)
+def free_gram(memory: LimitedMemory, free) -> Array:
+    """``[Y; S] Z Z^T [Y; S]^T``, the Gram matrix of the stored pairs over the variables ``free``."""
+    w = jnp.concatenate([memory.y, memory.s])
+    return jnp.where(free, w, 0.0) @ w.T
 
 
-def lbfgsb_direction(memory: LimitedMemory, x, g, lower, upper) -> Array:
+def update_free_gram(memory: LimitedMemory, free, r, most: Optional[int] = None):
+    """:func:`free_gram` for the free set ``free``, updated from the memory's, and ``[Y; S] r``.
+
+    ``memory.free_gram`` is the Gram matrix over ``memory.free`` for the slots not ``stale``. Its
+    entries between those slots change by the variables that entered the free set (their outer
+    products added) and those that left (subtracted), gathered into ``most`` columns (L-BFGS-B's
+    ``formk`` does the same); the newest pair's rows come from the pass over the buffers that also
+    gives ``[Y; S] r``. The changed variables are gathered into ``most`` (default 512) columns, or
+    ``n / 16`` when more changed. When even more changed while older pairs are stored (rare: the
+    active set forms in the first iteration, when only one pair is), or more than one pair is
+    stale, the matrix is recomputed: a full ``(2m, n) x (n, 2m)`` product, which costs about ten
+    passes over the buffers on a CPU.
+
+    Returns:
+      ``(gram, [Y; S] r)``; rows and columns of empty slots are unspecified.
+    """
+    m, n = memory.s.shape
+    newest = (memory.next - 1) % m
+    _, valid = _ranks(memory)
+    # Four columns, not three: XLA's CPU dot runs (m, n) x (n, 4) at about the cost of a matrix-vector
+    # product, and (n, 3) at twice that (measured, jax 0.10).
+    v = jnp.stack([r, jnp.where(free, memory.y[newest], 0.0), jnp.where(free, memory.s[newest], 0.0),
+                   jnp.zeros_like(r)], axis=1)
+    p = jnp.concatenate([memory.y @ v, memory.s @ v])
+    small = min(512, n) if most is None else most
+    if small >= n:
+        gram = free_gram(memory, free)
+    else:
+        sizes = sorted({small, max(small, n // 16)})  # sort no further than needed, as the Cauchy point
+        changed = free != memory.free
+        nchanged = jnp.sum(changed)
+        older = valid & ~memory.stale
+        others_stale = jnp.any(memory.stale & valid & (jnp.arange(m) != newest))
+
+        def gathered(size):
+            index = jnp.nonzero(changed, size=size, fill_value=0)[0]
+            sign = jnp.where(jnp.arange(size) < nchanged, jnp.where(free[index], 1.0, -1.0), 0.0)
+            w = jnp.concatenate([memory.y[:, index], memory.s[:, index]])
+            return memory.free_gram + (w * sign.astype(w.dtype)) @ w.T
+
+        # 0: only the newest pair is stored (its rows are set below); then the gathered updates by
+        # increasing size; last, the full recomputation.
+        branches = [lambda: memory.free_gram, *(functools.partial(gathered, size) for size in sizes),
+                    lambda: free_gram(memory, free)]
+        stage = 1 + jnp.sum(nchanged > jnp.asarray(sizes))
+        index = jnp.where(others_stale, len(branches) - 1, jnp.where(jnp.any(older), stage, 0))
+        gram = lax.switch(index, branches)
+    ry, rs = p[:, 1], p[:, 2]
+    fresh = gram.at[newest, :].set(ry).at[:, newest].set(ry).at[m + newest, :].set(rs).at[:, m + newest].set(rs)
+    return jnp.where(memory.stale[newest], fresh, gram), p[:, 0]
+
+
+def lbfgsb_direction(memory: LimitedMemory, x, g, lower, upper):
     """The L-BFGS-B search direction: subspace minimiser from the generalized Cauchy point, minus ``x``.
 
     With no pair stored, the direction is the step to the Cauchy point of ``theta I`` (a projected
-    steepest-descent step), as in L-BFGS-B.
+    steepest-descent step), as in L-BFGS-B. Returns ``(d, memory)``: the memory keeps the free set
+    of the subspace step and its Gram matrix, which the next iteration updates.
     """
     compact = _compact_representation(memory)
-    xcp, c, free = cauchy_point(memory, compact, x, g, lower, upper)
-    z = lax.cond(
-        (memory.count > 0) & jnp.any(free),
-        lambda: subspace_minimization(memory, compact, x, g, lower, upper, xcp, c, free),
-        lambda: xcp,
+    with jax.named_scope("cauchy_point"):
+        xcp, c, free = cauchy_point(memory, compact, x, g, lower, upper)
+
+    @jax.named_scope("subspace_minimization")
+    def subspace():
+        z, gram = subspace_minimization(memory, compact, x, g, lower, upper, xcp, c, free)
+        return z, free, gram, jnp.zeros_like(memory.stale)
+
+    z, free, gram, stale = lax.cond(
+        (memory.count > 0) & jnp.any(free), subspace,
+        lambda: (xcp, memory.free, memory.free_gram, memory.stale),
     )
-    return z - x
+    return z - x, memory._replace(free=free, free_gram=gram, stale=stale)
 
 
 def _memory_is_empty(memory: LimitedMemory) -> Array:
@@ -421,7 +494,9 @@ def lbfgs(maxcor: int) -> DescentMethod:
 
 def lbfgsb(maxcor: int) -> DescentMethod:
     """L-BFGS-B with ``maxcor`` correction pairs, for :func:`jaxsecond.descent.run_descent`."""
-    return lbfgs(maxcor)._replace(direction=lbfgsb_direction, update_memory=push_pair)
+    return lbfgs(maxcor)._replace(
+        direction=lbfgsb_direction, update_memory=push_pair, direction_updates=("free", "free_gram", "stale")
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -250,7 +250,9 @@ def test_subspace_step_is_the_reduced_newton_step():
     compact = qn._compact_representation(memory)
     args = [jnp.asarray(v) for v in (x, g, lower, upper)]
     xcp, c, free = qn.cauchy_point(memory, compact, *args)
-    z = qn.subspace_minimization(memory, compact, *args, xcp, c, free)
+    z, gram = qn.subspace_minimization(memory, compact, *args, xcp, c, free)
+    w = np.concatenate([np.asarray(memory.y), np.asarray(memory.s)])
+    np.testing.assert_allclose(gram, (w * np.asarray(free)) @ w.T, rtol=1e-12, atol=1e-12)
     f = np.asarray(free)
     rhs = -(g + b @ (np.asarray(xcp) - x))[f]
     expected = np.asarray(xcp).copy()
@@ -268,3 +270,29 @@ def test_memory_keeps_the_newest_pairs_in_a_circular_buffer():
     np.testing.assert_allclose(memory.sy, np.asarray(memory.s) @ np.asarray(memory.y).T, rtol=1e-12)
     np.testing.assert_allclose(memory.theta, y[-1] @ y[-1] / (s[-1] @ y[-1]))
     assert int(qn.reset_memory(memory).count) == 0
+
+
+def test_free_gram_follows_the_free_set_through_pushes_and_changes():
+    """The Gram matrix over the free set, kept by updates, equals a recomputation after every step:
+    pairs pushed (wrapping the buffer, one refused) while the free set changes by a few variables
+    or more (the two gathered updates) or by many (recomputed), and two pairs pushed between updates."""
+    rng = np.random.default_rng(5)
+    n = 200  # gathered updates of at most 8 and n / 16 = 12 variables, recomputed above that
+    memory = qn.init_memory(jnp.zeros(n), M)
+    update = jax.jit(qn.update_free_gram, static_argnames="most")
+    for step in range(3 * M):
+        for _ in range(2 if step == 7 else 1):
+            s = rng.normal(size=n)
+            memory = qn.push_pair(memory, jnp.asarray(s), jnp.asarray(s * rng.uniform(1, 2, n)), step != 4)
+        free = np.asarray(memory.free).copy()
+        flip = rng.choice(n, size=(25, 3, 10)[step % 3], replace=False)
+        free[flip] = ~free[flip]
+        r = rng.normal(size=n)
+        gram, w_r = update(memory, jnp.asarray(free), jnp.asarray(r), most=8)
+        w = np.concatenate([np.asarray(memory.y), np.asarray(memory.s)])
+        _, valid = qn._ranks(memory)
+        valid2 = np.concatenate([valid, valid])
+        both = valid2[:, None] & valid2[None, :]
+        np.testing.assert_allclose(np.where(both, gram, 0), np.where(both, (w * free) @ w.T, 0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(w_r, w @ r, rtol=1e-12, atol=1e-12)
+        memory = memory._replace(free=jnp.asarray(free), free_gram=gram, stale=jnp.zeros(M, bool))
