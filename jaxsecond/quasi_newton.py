@@ -188,7 +188,6 @@ class _Path(NamedTuple):
 
     d: Array  # (n,) direction: -g on the variables that move, 0 on those blocked at a bound
     t: Array  # (n,) time at which each variable reaches its bound (inf: never)
-    z: Array  # (n,) bound - x in the direction of motion (the step that fixes the variable)
     blocked: Array  # (n,) at a bound with the gradient pointing out of the box, or fixed
     nbreak: Array  # number of finite breakpoints
     bounded: Array  # every moving variable has a breakpoint: the path ends at the last one
@@ -201,8 +200,7 @@ def _projected_path(x, g, lower, upper) -> _Path:
     t = jnp.where((d < 0) & jnp.isfinite(lower), (x - lower) / jnp.where(d < 0, -d, 1), jnp.inf)
     t = jnp.where((d > 0) & jnp.isfinite(upper), (upper - x) / jnp.where(d > 0, d, 1), t)
     has_break = jnp.isfinite(t)
-    z = jnp.where(d > 0, upper, lower) - x
-    return _Path(d=d, t=t, z=jnp.where(has_break, z, 0.0), blocked=blocked, nbreak=jnp.sum(has_break),
+    return _Path(d=d, t=t, blocked=blocked, nbreak=jnp.sum(has_break),
                  bounded=jnp.all(has_break | (d == 0)))
 
 
@@ -223,7 +221,7 @@ class _Stop(NamedTuple):
     hit: Array  # (n,) variables fixed at a bound before the Cauchy point
 
 
-def _search_window(memory, compact, path: _Path, p0, window: _Window) -> _Stop:
+def _search_window(memory, compact, path: _Path, p0, window: _Window, x, lower, upper) -> _Stop:
     """Slope and curvature of the model on every segment of the window at once, and the first minimiser.
 
     The sequential algorithm (Byrd et al. 1995, Algorithm CP) updates the slope ``f1`` and the
@@ -244,7 +242,7 @@ def _search_window(memory, compact, path: _Path, p0, window: _Window) -> _Stop:
     idx = window.index
     ts = jnp.where(valid, path.t[idx], 0.0)
     ds = jnp.where(valid, path.d[idx], 0.0)
-    zs = jnp.where(valid, path.z[idx], 0.0)
+    zs = jnp.where(valid, jnp.where(ds > 0, upper[idx], lower[idx]) - x[idx], 0.0)  # the step to the bound
     ws = jnp.where(compact.valid2[:, None],
                    jnp.concatenate([memory.y[:, idx], compact.theta * memory.s[:, idx]]), 0.0)
     # State k = 0..size: the segment that starts once the first k breakpoints are fixed.
@@ -341,7 +339,8 @@ def cauchy_point(memory: LimitedMemory, compact: _Compact, x, g, lower, upper, *
         return _Stop(found=jnp.ones((), bool), tsum=1.0 / compact.theta, c=jnp.zeros_like(p0), hit=hit)
 
     def search(make_window, otherwise):
-        return lambda: _search_or(_search_window(memory, compact, path, p0, make_window()), otherwise)
+        return lambda: _search_or(_search_window(memory, compact, path, p0, make_window(), x, lower, upper),
+                                  otherwise)
 
     stage = search(lambda: _full_window(path), None)
     sizes = [window * 16**i for i in range(8) if window * 16**i < x.shape[0]] or [x.shape[0]]
@@ -442,12 +441,12 @@ def update_free_gram(memory: LimitedMemory, free, r, most: Optional[int] = None)
             w = jnp.concatenate([memory.y[:, index], memory.s[:, index]])
             return memory.free_gram + (w * sign.astype(w.dtype)) @ w.T
 
-        # 0: only the newest pair is stored (its rows are set below); then the gathered updates by
-        # increasing size; last, the full recomputation.
+        # 0: nothing changed, or only the newest pair is stored (its rows are set below); then the
+        # gathered updates by increasing size; last, the full recomputation.
         branches = [lambda: memory.free_gram, *(functools.partial(gathered, size) for size in sizes),
                     lambda: free_gram(memory, free)]
         stage = 1 + jnp.sum(nchanged > jnp.asarray(sizes))
-        index = jnp.where(others_stale, len(branches) - 1, jnp.where(jnp.any(older), stage, 0))
+        index = jnp.where(others_stale, len(branches) - 1, jnp.where(jnp.any(older) & (nchanged > 0), stage, 0))
         gram = lax.switch(index, branches)
     ry, rs = p[:, 1], p[:, 2]
     fresh = gram.at[newest, :].set(ry).at[:, newest].set(ry).at[m + newest, :].set(rs).at[:, m + newest].set(rs)
