@@ -389,10 +389,12 @@ def subspace_minimization(memory: LimitedMemory, compact: _Compact, x, g, lower,
 
     projected = jnp.clip(xcp + dhat, lower, upper)
     clipped = jnp.any(projected != xcp + dhat)
-    alpha = max_step_in_box(xcp, dhat, lower, upper, 1.0)
-    truncated = jnp.clip(xcp + alpha * dhat, lower, upper)
     uphill = (projected - x) @ g > 0
-    return jnp.where(clipped & uphill, truncated, projected), unscaled_gram
+
+    def truncated():
+        return jnp.clip(xcp + max_step_in_box(xcp, dhat, lower, upper, 1.0) * dhat, lower, upper)
+
+    return lax.cond(clipped & uphill, truncated, lambda: projected), unscaled_gram
 
 
 def free_gram(memory: LimitedMemory, free) -> Array:
