@@ -4,7 +4,8 @@ Both keep the last ``m`` correction pairs ``s_k = x_{k+1} - x_k``, ``y_k = g_{k+
 circular buffer of shape ``(m, n)`` on the flattened parameter vector (matrix-vector products on one
 buffer are what XLA runs fastest; the pytree is flattened once, by the driver).
 
-* L-BFGS: the inverse-Hessian product by the two-loop recursion (Nocedal 1980).
+* L-BFGS: the inverse-Hessian product from the compact representation of ``H`` (Byrd, Nocedal,
+  Schnabel 1994), the matrix of Nocedal's (1980) two-loop recursion.
 * L-BFGS-B: the compact representation ``B = theta I - W M W^T`` (Byrd, Nocedal, Schnabel 1994), the
   generalized Cauchy point along the projected steepest-descent path and subspace minimisation over
   the free variables with the projection-and-backtrack step of L-BFGS-B 3.0 (Byrd, Lu, Nocedal, Zhu
@@ -35,7 +36,8 @@ class LimitedMemory(NamedTuple):
     s: Array  # (m, n)
     y: Array  # (m, n)
     sy: Array  # (m, m) s_i . y_j
-    ss: Array  # (m, m) s_i . s_j
+    ss: Array  # (m, m) s_i . s_j (L-BFGS-B)
+    yy: Array  # (m, m) y_i . y_j (L-BFGS)
     theta: Array  # scaling of the initial matrix B0 = theta I (y.y / s.y of the newest pair)
     count: Array  # number of stored pairs
     next: Array  # slot the next pair goes to
@@ -49,7 +51,7 @@ def init_memory(x, maxcor: int) -> LimitedMemory:
     zeros_mn = jnp.zeros((maxcor, n), dtype)
     zeros_mm = jnp.zeros((maxcor, maxcor), dtype)
     return LimitedMemory(
-        s=zeros_mn, y=zeros_mn, sy=zeros_mm, ss=zeros_mm,
+        s=zeros_mn, y=zeros_mn, sy=zeros_mm, ss=zeros_mm, yy=zeros_mm,
         theta=jnp.ones((), dtype), count=jnp.zeros((), jnp.int32), next=jnp.zeros((), jnp.int32),
         free=jnp.ones((n,), bool), free_gram=jnp.zeros((2 * maxcor, 2 * maxcor), dtype),
         stale=jnp.zeros((maxcor,), bool),
@@ -64,15 +66,15 @@ def reset_memory(memory: LimitedMemory, forget=True) -> LimitedMemory:
     )
 
 
-def push_pair(memory: LimitedMemory, s, y, keep=True, *, gram: bool = True) -> LimitedMemory:
+def push_pair(memory: LimitedMemory, s, y, keep=True, *, inverse: bool = False) -> LimitedMemory:
     """Stores the pair ``(s, y)`` over the oldest one when ``keep``, and updates the Gram matrices.
 
     The write is a masked in-place row update (the row is rewritten with itself when ``keep`` is
     false), so it costs O(n) inside the solver loop instead of a copy of the whole buffer; the Gram
-    rows (O(mn), one pass over the buffers) are computed only when the pair is kept. The pair's rows
-    of the free Gram matrix are left to :func:`update_free_gram` (the slot is marked stale), which
-    knows the next free set. With ``gram=False`` only the diagonal ``s_k.y_k`` is kept (all the
-    two-loop recursion needs).
+    rows (O(mn), one pass over the buffers) are computed only when the pair is kept: ``S^T Y`` and
+    ``S^T S`` for L-BFGS-B's compact form of ``B``, whose rows of the free Gram matrix are left to
+    :func:`update_free_gram` (the slot is marked stale, the next free set is not known yet), or
+    ``S^T Y`` and ``Y^T Y`` for the compact form of ``H`` (``inverse``, L-BFGS).
     """
     m = memory.s.shape[0]
     k = memory.next
@@ -80,17 +82,17 @@ def push_pair(memory: LimitedMemory, s, y, keep=True, *, gram: bool = True) -> L
     y = jnp.where(keep, y, memory.y[k])
     S = memory.s.at[k].set(s)
     Y = memory.y.at[k].set(y)
-    sy, ss, stale = memory.sy, memory.ss, memory.stale
-    if gram:
-        zeros = (jnp.zeros((m,), S.dtype),) * 3
-        Ys, Ss, Sy = lax.cond(keep, lambda: (Y @ s, S @ s, S @ y), lambda: zeros)
-        sy = jnp.where(keep, sy.at[k, :].set(Ys).at[:, k].set(Sy), sy)
-        ss = jnp.where(keep, ss.at[k, :].set(Ss).at[:, k].set(Ss), ss)
-        stale = stale | (keep & (jnp.arange(m) == k))
+    sy, ss, yy, stale = memory.sy, memory.ss, memory.yy, memory.stale
+    zeros = (jnp.zeros((m,), S.dtype),) * 3
+    Ys, Sy, other = lax.cond(keep, lambda: (Y @ s, S @ y, Y @ y if inverse else S @ s), lambda: zeros)
+    sy = jnp.where(keep, sy.at[k, :].set(Ys).at[:, k].set(Sy), sy)
+    if inverse:
+        yy = jnp.where(keep, yy.at[k, :].set(other).at[:, k].set(other), yy)
     else:
-        sy = sy.at[k, k].set(s @ y)
+        ss = jnp.where(keep, ss.at[k, :].set(other).at[:, k].set(other), ss)
+        stale = stale | (keep & (jnp.arange(m) == k))
     return memory._replace(
-        s=S, y=Y, sy=sy, ss=ss,
+        s=S, y=Y, sy=sy, ss=ss, yy=yy,
         theta=jnp.where(keep, (y @ y) / (s @ y), memory.theta),
         count=jnp.where(keep, jnp.minimum(memory.count + 1, m), memory.count),
         next=jnp.where(keep, (k + 1) % m, k),
@@ -109,37 +111,42 @@ def _ranks(memory: LimitedMemory):
 # L-BFGS
 
 
-def two_loop_recursion(memory: LimitedMemory, g) -> Array:
-    """Returns ``H g`` for the L-BFGS inverse-Hessian approximation ``H`` (Nocedal & Wright, Alg. 7.4).
+def inverse_hessian_times(memory: LimitedMemory, g) -> Array:
+    """Returns ``H g`` for the L-BFGS inverse-Hessian approximation ``H``, from its compact form.
 
-    The initial matrix is ``H0 = I / theta = (s.y / y.y) I`` of the newest pair, as in L-BFGS-B.
+    ``H = gamma I + [S Y] [[R^-T (D + gamma Y^T Y) R^-1, -R^-T], [-R^-1, 0]] [S Y]^T`` with
+    ``gamma = s.y / y.y`` of the newest pair (``H0 = I / theta``, as in L-BFGS-B), ``R`` the upper
+    triangle of ``S^T Y`` in the order the pairs were stored and ``D`` its diagonal (Byrd, Nocedal and
+    Schnabel 1994, Theorem 2.2). The same matrix as the two-loop recursion (Nocedal & Wright,
+    Algorithm 7.4) in two passes over the buffers and ``m x m`` triangular solves, instead of ``2m``
+    dependent steps: a loop of small sequential steps is what costs most per iteration on small
+    problems, whose buffers are read in no time.
+
+    References:
+      Byrd, Nocedal and Schnabel (1994), Representations of quasi-Newton matrices and their use in
+      limited memory methods, Math. Programming 63.
     """
     m = memory.s.shape[0]
-    _, valid = _ranks(memory)
-    rho = jnp.where(valid, 1.0 / jnp.where(valid, jnp.diagonal(memory.sy), 1.0), 0.0)
-    newest_first = (memory.next - 1 - jnp.arange(m)) % m
-
-    def backward(i, carry):
-        q, alpha = carry
-        k = newest_first[i]
-        a = rho[k] * (memory.s[k] @ q)
-        return q - a * memory.y[k], alpha.at[k].set(a)
-
-    q, alpha = lax.fori_loop(0, m, backward, (g, jnp.zeros_like(rho)))
-    r = q / memory.theta
-
-    def forward(i, r):
-        k = newest_first[m - 1 - i]
-        b = rho[k] * (memory.y[k] @ r)
-        return r + (alpha[k] - b) * memory.s[k]
-
-    return lax.fori_loop(0, m, forward, r)
+    order = (memory.next + jnp.arange(m)) % m  # slots from the oldest; empty slots come first
+    valid = jnp.arange(m) >= m - memory.count
+    both = valid[:, None] & valid[None, :]
+    sy = memory.sy[order][:, order]
+    r = jnp.where(both, jnp.triu(sy), 0.0) + jnp.diag(jnp.where(valid, 0.0, 1.0))  # identity on empty slots
+    gamma = 1.0 / memory.theta
+    a = jnp.where(valid, (memory.s @ g)[order], 0.0)
+    b = jnp.where(valid, (memory.y @ g)[order], 0.0)
+    r_inv_a = jax.scipy.linalg.solve_triangular(r, a, lower=False)
+    middle = jnp.where(valid, jnp.diagonal(sy), 0.0) * r_inv_a + gamma * (jnp.where(both, memory.yy[order][:, order], 0.0) @ r_inv_a)
+    u = jax.scipy.linalg.solve_triangular(r, middle - gamma * b, trans="T", lower=False)
+    coefficients_s = jnp.zeros_like(u).at[order].set(u)
+    coefficients_y = jnp.zeros_like(u).at[order].set(-gamma * r_inv_a)
+    return gamma * g + coefficients_s @ memory.s + coefficients_y @ memory.y
 
 
 def lbfgs_direction(memory: LimitedMemory, x, g, lower, upper) -> Array:
     """The L-BFGS search direction ``-H g`` (the box arguments are unused: L-BFGS is unconstrained)."""
     del x, lower, upper
-    return -two_loop_recursion(memory, g)
+    return -inverse_hessian_times(memory, g)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,7 +494,7 @@ def lbfgs(maxcor: int) -> DescentMethod:
     return DescentMethod(
         init_memory=functools.partial(init_memory, maxcor=maxcor),
         direction=lbfgs_direction,
-        update_memory=functools.partial(push_pair, gram=False),
+        update_memory=functools.partial(push_pair, inverse=True),
         reset_memory=reset_memory,
         memory_is_empty=_memory_is_empty,
     )
