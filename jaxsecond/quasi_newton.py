@@ -13,10 +13,11 @@ buffer are what XLA runs fastest; the pytree is flattened once, by the driver).
   maintained JAX library implements it (jaxopt's LBFGSB is a projected-gradient approximation and
   unmaintained; optax has no bound constraints).
 
-The Gram matrices ``S^T Y`` and ``S^T S`` are updated incrementally (O(mn) per iteration)
-so that only ``2m x 2m`` systems are ever factorised. So is the Gram matrix of the subspace step over
-the free variables (as L-BFGS-B's ``formk``): by the pair that enters and the variables whose free
-or fixed state changed, recomputed in full only when many changed while older pairs are stored.
+The Gram matrices ``S^T Y`` and ``S^T S`` (L-BFGS-B) or ``Y^T Y`` (L-BFGS) are updated incrementally
+(O(mn) per iteration) so that only ``2m x 2m`` systems are ever factorised. So is the Gram matrix of
+the subspace step over the free variables (as L-BFGS-B's ``formk``): by the pair that enters and the
+variables whose free or fixed state changed, recomputed in full only when many changed while older
+pairs are stored.
 """
 
 import functools
@@ -71,7 +72,8 @@ def push_pair(memory: LimitedMemory, s, y, keep=True, *, inverse: bool = False) 
 
     The write is a masked in-place row update (the row is rewritten with itself when ``keep`` is
     false), so it costs O(n) inside the solver loop instead of a copy of the whole buffer; the Gram
-    rows (O(mn), one pass over the buffers) are computed only when the pair is kept: ``S^T Y`` and
+    rows (O(mn), one pass over the buffers) are computed only when the pair is kept (every trip under
+    ``vmap``, where the conditional becomes a select): ``S^T Y`` and
     ``S^T S`` for L-BFGS-B's compact form of ``B``, whose rows of the free Gram matrix are left to
     :func:`update_free_gram` (the slot is marked stale, the next free set is not known yet), or
     ``S^T Y`` and ``Y^T Y`` for the compact form of ``H`` (``inverse``, L-BFGS).
@@ -136,7 +138,8 @@ def inverse_hessian_times(memory: LimitedMemory, g) -> Array:
     a = jnp.where(valid, (memory.s @ g)[order], 0.0)
     b = jnp.where(valid, (memory.y @ g)[order], 0.0)
     r_inv_a = jax.scipy.linalg.solve_triangular(r, a, lower=False)
-    middle = jnp.where(valid, jnp.diagonal(sy), 0.0) * r_inv_a + gamma * (jnp.where(both, memory.yy[order][:, order], 0.0) @ r_inv_a)
+    yy = jnp.where(both, memory.yy[order][:, order], 0.0)
+    middle = jnp.where(valid, jnp.diagonal(sy), 0.0) * r_inv_a + gamma * (yy @ r_inv_a)
     u = jax.scipy.linalg.solve_triangular(r, middle - gamma * b, trans="T", lower=False)
     coefficients_s = jnp.zeros_like(u).at[order].set(u)
     coefficients_y = jnp.zeros_like(u).at[order].set(-gamma * r_inv_a)
@@ -455,10 +458,12 @@ def update_free_gram(memory: LimitedMemory, free, r, most: Optional[int] = None)
         branches = [lambda: memory.free_gram, *(functools.partial(gathered, size) for size in sizes),
                     lambda: free_gram(memory, free)]
         stage = 1 + jnp.sum(nchanged > jnp.asarray(sizes))
-        index = jnp.where(others_stale, len(branches) - 1, jnp.where(jnp.any(older) & (nchanged > 0), stage, 0))
+        stage = jnp.where(jnp.any(older) & (nchanged > 0), stage, 0)
+        index = jnp.where(others_stale, len(branches) - 1, stage)
         gram = lax.switch(index, branches)
     ry, rs = p[:, 1], p[:, 2]
-    fresh = gram.at[newest, :].set(ry).at[:, newest].set(ry).at[m + newest, :].set(rs).at[:, m + newest].set(rs)
+    fresh = gram.at[newest, :].set(ry).at[:, newest].set(ry)
+    fresh = fresh.at[m + newest, :].set(rs).at[:, m + newest].set(rs)
     return jnp.where(memory.stale[newest], fresh, gram), p[:, 0]
 
 

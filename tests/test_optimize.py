@@ -96,6 +96,26 @@ def test_bounded_rosenbrock_matches_scipy_exactly():
     assert float(res.x[1]) == 1.5  # the active bound is met exactly
 
 
+def test_large_box_problem_matches_scipy_iterate_for_iterate():
+    """Issue 12's function at n = 3000 (above the 512 variables up to which L-BFGS-B recomputes the
+    Gram matrix over the free set): the updated matrix gives scipy's iterates and counts, with about
+    half the variables ending on a bound and the free set changing over several iterations."""
+    n = 3000
+    rng = np.random.default_rng(0)
+    w, c = jnp.asarray(rng.uniform(0.5, 1.5, n)), jnp.asarray(rng.uniform(-1.0, 2.0, n))
+
+    def fun(x):
+        return jnp.sum(w * (x - c) ** 2) + 0.1 * jnp.sum(jnp.diff(x) ** 2) + 0.01 * jnp.sum(x**4)
+
+    x0 = rng.uniform(0.0, 1.0, n)
+    options = {"ftol": SCIPY_FTOL, "gtol": 1e-8}
+    res = js.minimize(fun, jnp.asarray(x0), bounds=(0.0, 1.0), options=options)
+    ref = scipy_lbfgsb(fun, x0, bounds=[(0.0, 1.0)] * n, **options)
+    assert (int(res.nit), int(res.nfev)) == (ref.nit, ref.nfev) and ref.nit > 5
+    np.testing.assert_allclose(res.x, ref.x, rtol=1e-9, atol=1e-12)
+    assert 0.3 < np.mean((ref.x == 0) | (ref.x == 1)) < 0.7
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_random_box_qp_matches_scipy(seed):
     rng = np.random.default_rng(seed)
