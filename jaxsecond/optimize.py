@@ -315,14 +315,12 @@ def _call_key(fun, x0, args, method, jac, bounds, tol, callback, options):
     Everything that ``minimize`` validates, resolves or traces depends only on this key: the
     function objects (by identity where they hash so), the method, the type and value of every
     option, the structure, types, shapes and dtypes of ``x0`` and of the traced ``args``, the static
-    ``args`` and whether bounds are given. The key is ``None`` where some part is unhashable or
-    traced (options under ``jit``); such calls take the full path.
+    ``args`` and whether bounds are given. The key is ``None`` where some part is unhashable (also
+    options traced under ``jit``: tracers do not hash); such calls take the full path.
     """
     traced, static = _split_args(args)
     try:
         items = tuple((k, type(v), v) for k, v in sorted(dict(options or {}).items()))
-        if isinstance(tol, jax.core.Tracer) or any(isinstance(v, jax.core.Tracer) for _, _, v in items):
-            return None, traced, static
         x_leaves, x_tree = jax.tree.flatten(x0)
         key = (
             fun, type(jac), jac, None if callback is None else _Identity(callback), method, type(tol), tol, items,
