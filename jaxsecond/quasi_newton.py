@@ -418,10 +418,9 @@ def update_free_gram(memory: LimitedMemory, free, r, most: Optional[int] = None)
 
     ``memory.free_gram`` is the Gram matrix over ``memory.free`` for the slots not ``stale``. Its
     entries between those slots change by the variables that entered the free set (their outer
-    products added) and those that left (subtracted), gathered into ``most`` columns (L-BFGS-B's
-    ``formk`` does the same); the newest pair's rows come from the pass over the buffers that also
-    gives ``[Y; S] r``. The changed variables are gathered into ``most`` (default 512) columns, or
-    ``n / 16`` when more changed. When even more changed while older pairs are stored (rare: the
+    products added) and those that left (subtracted), gathered into ``most`` (default 512) columns,
+    or ``n / 16`` when more changed (L-BFGS-B's ``formk`` does the same); the newest pair's rows
+    come from the pass over the buffers that also gives ``[Y; S] r``. When even more changed while older pairs are stored (rare: the
     active set forms in the first iteration, when only one pair is), or more than one pair is
     stale, the matrix is recomputed: a full ``(2m, n) x (n, 2m)`` product, which costs about ten
     passes over the buffers on a CPU.
