@@ -64,7 +64,8 @@ xs = jnp.asarray(rng.normal(size=(32, 64)))
 ys = xs @ jnp.linspace(-1, 1, 64)
 predict = lambda p: xs @ p["w"]
 loss = lambda out: 0.5 * jnp.mean((out - ys) ** 2)
-opt = js.curveball(damping=1.0, damping_factor=0.999)  # the authors' rule: reaches 1e-10 in 50 steps
+# The authors' MATLAB settings: reach 1e-10 in 50 steps.
+opt = js.curveball(damping=1.0, damping_rule="threshold", damped_ratio=True, momentum_range=None)
 
 
 def train(params):
