@@ -490,6 +490,20 @@ def _step_sizes(system, damping, learning_rate, momentum, momentum_range, dtype)
     return jnp.asarray(rho, dtype), jnp.asarray(beta, dtype)
 
 
+def _damping_floor(system, dtype):
+    """eps x the curvature along delta_z: below it lambda no longer changes H + lambda I there.
+
+    Nielsen's rule divides lambda by 3 after every good step; in a long run it underflows to zero,
+    where no multiplication can raise it again. The floor (at least the smallest normal number)
+    keeps lambda where a few failed steps bring it back: 2^(1+2+...+k) passes 1/eps after k = 7
+    (float32) or 10 (float64) consecutive failures.
+    """
+    finfo = jnp.finfo(dtype)
+    curvature = jnp.abs(system.h11) / jnp.where(system.n11 > 0, system.n11, 1)
+    floor = finfo.eps * jnp.where(jnp.isfinite(curvature), curvature, 0)
+    return jnp.maximum(floor, finfo.tiny).astype(dtype)
+
+
 def _initial_damping(system, dtype):
     """lambda0 = g^T H g / g^T g, the curvature along the first gradient (z = 0, delta_z = g).
 
@@ -760,6 +774,8 @@ def curveball(
         system = build_system(predict_fn, loss_fn, params, z, lam, grads, needs_coefficients)
         if damping is None:
             lam = jnp.where(state.count == 0, _initial_damping(system, dtype), lam)
+        if adaptive_damping:
+            lam = jnp.maximum(lam, _damping_floor(system, dtype))
         rho, beta = _step_sizes(system, lam, learning_rate, momentum, momentum_range, dtype)
         new_z = optax.tree.add_scale(optax.tree.scale(rho, z), -beta, system.delta_z)
         new_z = optax.tree.cast_like(new_z, z)

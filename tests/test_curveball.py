@@ -257,6 +257,21 @@ def test_damping_rises_after_a_badly_predicted_step():
     np.testing.assert_allclose(state.damping_growth, 4.0)
 
 
+def test_damping_never_reaches_zero_and_recovers_from_its_floor():
+    # After many good steps Nielsen's rule would divide lambda into zero (seen in float32 after
+    # 600 mini-batch steps), where failures could no longer raise it. The lambda used is at least
+    # eps x the curvature along delta_z: here the first step of the pseudo-Huber loss far from its
+    # minimum, delta_z = g and curvature f''(10) = 101^(-3/2); the step fails, so lambda doubles.
+    loss_fn = lambda o: jnp.sum(jnp.sqrt(1.0 + o**2))  # noqa: E731
+    params = jnp.array([10.0], jnp.float32)
+    opt = js.curveball()
+    state = opt.init(params)._replace(damping=jnp.float32(0.0), count=jnp.int32(5))
+    _, state = _update(opt, jax.grad(loss_fn)(params), state, params, lambda w: w, loss_fn)
+    assert float(state.ratio) < 0
+    floor = np.finfo(np.float32).eps * 101.0**-1.5
+    np.testing.assert_allclose(state.damping, 2 * floor, rtol=1e-4)  # float32 curvature
+
+
 def test_authors_rule_lowers_damping_after_a_well_predicted_step():
     # On a quadratic the damped model over-estimates the curvature (ratio = 2 - 1/(1+lambda)).
     fun, _ = _quadratic(n=1)

@@ -726,11 +726,14 @@ def test_curveball_damping_learning_rate_and_momentum_options():
 @pytest.mark.parametrize("interval", [2, 7])
 def test_curveball_damping_interval_option(interval):
     # minimize(method="curveball") is the transform js.curveball with identity predict_fn and loss
-    # fun: driven by hand with the same damping and damping_interval it gives the same iterates.
+    # fun: driven by hand with the same damping, damping_interval and lambda rule (the paper's free
+    # rho and threshold rule on the damped model, at factor 0.9) it gives the same iterates.
     x0 = jnp.array([-1.2, 1.0])
     options = {"damping": 1.0, "damping_interval": interval, "learning_rate": None, "momentum": None}
     res = js.minimize(rosen, x0, method="curveball", options={"maxiter": 12, **options})
-    opt = js.curveball(learning_rate=None, momentum=None, damping=1.0, damping_interval=interval)
+    opt = js.curveball(learning_rate=None, momentum=None, damping=1.0, damping_interval=interval,
+                       damping_rule="threshold", damping_factor=0.9, damped_ratio=True,
+                       momentum_range=None)
     step = jax.jit(lambda x, s: opt.update(jax.grad(rosen)(x), s, x, predict_fn=lambda x: x, loss_fn=rosen))
     x, state = x0, opt.init(x0)
     for _ in range(12):
