@@ -645,7 +645,10 @@ def curveball(
     lambda rule is that of the step actually taken (identical when rho and beta are automatic,
     and meaningful when they are fixed or clipped); lambda is left as it is when the actual and
     predicted changes are both at the rounding level of f (at a minimum their ratio is noise);
-    the gradient term may come from `grads`; the non-finite handling above is an addition.
+    with adaptive damping the lambda used is at least eps x the curvature along delta_z
+    (Nielsen's rule would otherwise underflow it to zero in long runs, where no failure can
+    raise it again); the gradient term may come from `grads`; the non-finite handling above is
+    an addition.
 
     Args:
       learning_rate: fixed beta (the step size of the Newton-system iteration). `None`
