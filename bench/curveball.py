@@ -1,13 +1,15 @@
 """CurveBall benchmark: defaults against tuned SGD+momentum and Adam, step cost, the paper's problems.
 
-Run by hand:  python bench/curveball.py [--quick]   (writes bench/results/curveball.md and .png;
---quick: a smaller learning-rate grid, half the step budgets, 3 seeds and shorter Table 1 runs)
+Run by hand:  python bench/curveball.py [--quick]   (writes bench/results/curveball.md and
+curveball_digits.png; --quick: a smaller learning-rate grid, half the step budgets, 3 seeds and
+shorter Table 1 runs, written to curveball_quick.md and curveball_quick_digits.png)
 
 1. Loss after a fixed step budget on six tasks: the softmax regression of issue #13, an MLP and a
    small CNN on scikit-learn's load_digits, a flax.linen MLP (LayerNorm, GELU) on load_digits,
    the paper's degenerate two-layer linear network and its stochastic Rosenbrock function.
-   CurveBall at its defaults (no tuning) and at the authors' settings, against SGD+momentum and
-   Adam each at the best learning rate of a grid; per step and per second.
+   CurveBall at its defaults (no tuning), at its previous defaults and at the authors'
+   settings, against SGD+momentum and Adam each at the best learning rate of a grid, over seeds;
+   per step and per second.
 2. The paper's Table 1 problems: iterations to solve, over seeds.
 3. Cost of one jitted training step relative to one SGD step, and optimizer-state size.
 """
@@ -581,7 +583,9 @@ def main():
     ]
     print("1. loss after a step budget", flush=True)
     rows, curves, summary = compare(tasks, grid, TRAIN_SEEDS)
-    plot(curves, os.path.join(RESULTS, "curveball_digits.png"))
+    # The quick budgets have their own files: both are kept, as the comparison depends on the budget.
+    name = "curveball_quick" if quick else "curveball"
+    plot(curves, os.path.join(RESULTS, f"{name}_digits.png"))
     print("2. Table 1 problems", flush=True)
     t1 = table1([1e-3, 1e-2, 1e-1] if quick else [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
                 [1e-2, 1e-1] if quick else [1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
@@ -595,14 +599,14 @@ def main():
     cost_rows = cost(models, 50 if quick else COST_STEPS, 7 if quick else 11)
     total = time.perf_counter() - t_start
     command = "python bench/curveball.py" + (" --quick" if quick else "")
-    md = report(command, total, tasks, rows, summary, t1, cost_rows, grid)
-    path = os.path.join(RESULTS, "curveball.md")
+    md = report(command, total, tasks, rows, summary, t1, cost_rows, grid, f"{name}_digits.png")
+    path = os.path.join(RESULTS, f"{name}.md")
     with open(path, "w") as f:
         f.write(md)
     print(f"wrote {path} in {total:.0f} s")
 
 
-def report(command, total, tasks, rows, summary, t1, cost_rows, grid):
+def report(command, total, tasks, rows, summary, t1, cost_rows, grid, figure):
     fused = [r for r in cost_rows if r[1] == "CurveBall, grads=None (fused)"]
     return "\n".join([
         f"Command: `{command}`",
@@ -642,7 +646,7 @@ def report(command, total, tasks, rows, summary, t1, cost_rows, grid):
                   "per second vs Adam"],
                  verdicts(summary)),
         "",
-        "![loss curves](curveball_digits.png)",
+        f"![loss curves]({figure})",
         "",
         "## 2. The paper's Table 1 problems: iterations to solve",
         "",
