@@ -57,7 +57,8 @@ class CurveBallState(NamedTuple):
         `count % damping_interval == 0`.
       rho: the momentum rho used by the last step taken.
       beta: the step size beta used by the last step taken.
-      ratio: the last trust ratio (actual / predicted change of f) used to adapt lambda.
+      ratio: the last trust ratio computed (actual / predicted change of f; -inf when f rose
+        where the model predicted no decrease).
       total_notfinite: number of steps skipped because a value was not finite.
       damping_growth: Nielsen's nu, the factor by which lambda grows at the next failed
         adaptation (2, doubled by each consecutive failure); unused by the threshold rule.
@@ -438,18 +439,22 @@ def _scalar_dtype(params):
 
 
 def _new_z_finite(system, new_z, rho, beta):
-    """Whether every entry of new_z = rho z - beta delta_z is finite.
+    """Whether every entry of new_z = rho z - beta delta_z (cast to its leaf's dtype) is finite.
 
     When the step computed the Gram entries of z and delta_z, a scalar test replaces a pass over
-    the parameters: |z|^2 and |delta_z|^2 are finite exactly when every entry is, and then
-    |new_z|^2 = rho^2 |z|^2 - 2 rho beta z.delta_z + beta^2 |delta_z|^2 is finite unless an entry
-    overflowed. The two agree except within a few orders of magnitude of overflow, where the
-    scalar test errs on the side of skipping the step.
+    the parameters: |z|^2 and |delta_z|^2 are finite only if every entry is, and every entry of
+    new_z is at most |new_z| = sqrt(rho^2 |z|^2 - 2 rho beta z.delta_z + beta^2 |delta_z|^2), so
+    |new_z|^2 <= (largest value of the narrowest leaf dtype)^2 rules out an overflow in the cast.
+    The test can only err towards skipping a step, within a few orders of magnitude of overflow.
     """
     if system.n11 is None:
         return _tree_all_finite(new_z)
     norm2 = rho**2 * system.n22 - 2 * rho * beta * system.n12 + beta**2 * system.n11
-    return jnp.isfinite(system.n11) & jnp.isfinite(system.n22) & jnp.isfinite(norm2)
+    floating = [x.dtype for x in jax.tree.leaves(new_z) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    narrowest = min((jnp.finfo(d).max for d in floating), default=jnp.inf)
+    largest = jnp.asarray(narrowest, norm2.dtype)  # inf in float32: then any finite norm passes
+    return (jnp.isfinite(system.n11) & jnp.isfinite(system.n22) & jnp.isfinite(norm2)
+            & (norm2 <= largest * largest))
 
 
 def _tree_all_finite(tree):
@@ -613,7 +618,7 @@ def curveball(
     updates are zero, z is reset to zero (so the next step restarts from a gradient step),
     `count` does not advance and `total_notfinite` is incremented. A non-finite loss after the
     step also grows lambda as a failed trust-region step would. Parameters therefore never
-    receive a non-finite update and the state stays finite.
+    receive a non-finite update, and z and lambda stay finite.
 
     Defaults, chosen so that CurveBall trains without tuning on mean and sum losses, small and
     large models, full batches and mini-batches (bench/results/curveball.md: six tasks, against
@@ -737,8 +742,11 @@ def curveball(
             )
         _check_number("momentum_range[0]", momentum_range[0])
         _check_number("momentum_range[1]", momentum_range[1])
-        if momentum_range[0] > momentum_range[1]:
-            raise ValueError(f"curveball: `momentum_range` must have low <= high, got {momentum_range!r}.")
+        if all(_is_number(x) for x in momentum_range) and not momentum_range[0] <= momentum_range[1]:
+            raise ValueError(
+                f"curveball: `momentum_range` must be two numbers with low <= high, got "
+                f"{momentum_range!r}."
+            )
         momentum_range = tuple(momentum_range)
     if not isinstance(curvature, str) or curvature.lower() not in _CURVATURES:
         raise ValueError(f"curveball: `curvature` must be one of {_CURVATURES}, got {curvature!r}.")
@@ -776,7 +784,10 @@ def curveball(
         z = state.z
         system = build_system(predict_fn, loss_fn, params, z, lam, grads, needs_coefficients)
         if damping is None:
-            lam = jnp.where(state.count == 0, _initial_damping(system, dtype), lam)
+            # Measured once: until a step is taken or fails its trial (a grown lambda is kept),
+            # the stored lambda is init's 0.
+            unmeasured = (state.count == 0) & (state.damping == 0)
+            lam = jnp.where(unmeasured, _initial_damping(system, dtype), lam)
         if adaptive_damping:
             lam = jnp.maximum(lam, _damping_floor(system, dtype))
         rho, beta = _step_sizes(system, lam, learning_rate, momentum, momentum_range, dtype)
@@ -807,7 +818,7 @@ def curveball(
         new_state = CurveBallState(
             z=new_z,
             # A failed trial point (non-finite loss after the step) still grows lambda.
-            damping=jnp.where(finite | adapted.trial_failed, adapted.damping, lam),
+            damping=jnp.where(finite | adapted.trial_failed, adapted.damping, state.damping),
             count=jnp.where(finite, optax.safe_int32_increment(state.count), state.count),
             rho=jnp.where(finite, rho, state.rho).astype(dtype),
             beta=jnp.where(finite, beta, state.beta).astype(dtype),

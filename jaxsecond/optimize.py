@@ -103,7 +103,7 @@ _CURVEBALL_DEFAULTS = {
     "gtol": 1e-5,
     "maxiter": 15000,
     "maxfun": 45000,
-    "damping": 1.0,  # the transform's default (the authors' MATLAB code)
+    "damping": 1.0,  # the authors' MATLAB code (the transform measures its own by default)
     "damping_interval": 5,
     "learning_rate": None,
     "momentum": None,

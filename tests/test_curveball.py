@@ -563,6 +563,35 @@ def test_new_z_finite_from_the_gram_entries_agrees_with_the_entries(z, delta_z, 
     assert bool(cb._new_z_finite(system, new_z, jnp.float32(rho), jnp.float32(beta))) == expected
 
 
+def test_new_z_finite_sees_an_overflow_in_a_float32_leaf_of_mixed_parameters():
+    # rho, beta and the Gram entries are float64 when one leaf is; new_z's float32 leaf overflows
+    # only when cast back, while |new_z|^2 (1e78) is a finite float64.
+    z = {"a": jnp.ones(1, jnp.float32), "b": jnp.ones(1, jnp.float64)}
+    delta_z = {"a": jnp.full(1, 1e19, jnp.float32), "b": jnp.ones(1, jnp.float64)}
+    rho, beta = jnp.float64(0.9), jnp.float64(-1e20)
+    new_z = optax.tree.cast_like(optax.tree.add_scale(optax.tree.scale(rho, z), -beta, delta_z), z)
+    system = cb._NewtonSystem(jnp.float64(0), delta_z, *(jnp.float64(0),) * 3,
+                              *cb._identity_forms(z, delta_z))
+    assert not bool(cb._tree_all_finite(new_z))
+    assert not bool(cb._new_z_finite(system, new_z, rho, beta))
+
+
+def test_nonfinite_trial_at_the_first_step_keeps_the_grown_damping():
+    # A log barrier, the defaults: lambda0 = f''(0) = 2 and the step -5 / (2 + 2) leaves the domain
+    # (|w| < 1), so the trial loss is NaN: the step is skipped and lambda doubles to 4. The next
+    # call keeps that lambda (it is not measured again) and steps to -5 / (2 + 4), inside.
+    loss_fn = lambda o: jnp.sum(-jnp.log(1.0 - o**2) + 5.0 * o)  # noqa: E731
+    opt = js.curveball()
+    params = jnp.array([0.0])
+    grads = jax.grad(loss_fn)(params)
+    updates, state = _update(opt, grads, opt.init(params), params, lambda w: w, loss_fn)
+    assert float(updates[0]) == 0.0 and int(state.total_notfinite) == 1 and int(state.count) == 0
+    np.testing.assert_allclose([state.damping, state.damping_growth], [4.0, 4.0], rtol=1e-12)
+    updates, state = _update(opt, grads, state, params, lambda w: w, loss_fn)
+    np.testing.assert_allclose(updates, [-5.0 / 6.0], rtol=1e-12)
+    assert int(state.count) == 1 and int(state.total_notfinite) == 1
+
+
 def test_nonfinite_trial_loss_rejects_the_step_and_grows_damping():
     # A log barrier: the first (undamped) step jumps outside the domain where the loss is inf.
     loss_fn = lambda o: jnp.sum(-jnp.log(1.0 - o**2) + 5.0 * o)  # noqa: E731
@@ -644,6 +673,7 @@ def test_defaults_train_the_softmax_regression_of_issue_13_for_mean_and_sum_loss
         ({"momentum_range": 0.9}, TypeError, "momentum_range"),
         ({"momentum_range": (1.0, 0.5)}, ValueError, "momentum_range"),
         ({"momentum_range": (0.5, "one")}, TypeError, "momentum_range"),
+        ({"momentum_range": (np.nan, 1.0)}, ValueError, "momentum_range"),
     ],
 )
 def test_invalid_options_raise(kwargs, error, name):
