@@ -592,6 +592,26 @@ def test_nonfinite_trial_at_the_first_step_keeps_the_grown_damping():
     assert int(state.count) == 1 and int(state.total_notfinite) == 1
 
 
+def test_consecutive_failures_raise_damping_by_2_4_8_and_a_success_resets_the_growth():
+    # Nielsen's rule inside the transform: a log barrier from lambda = 1e-6, adapting every step.
+    # Each step -5 / (2 + lambda) leaves the domain |w| < 1 until lambda > 3, so the first seven
+    # trials fail: after k, lambda = 1e-6 * 2^(1 + 2 + ... + k) and nu = 2^(k + 1). The 8th step
+    # (lambda = 1e-6 * 2^28 ~ 268) stays inside, is taken, and nu returns to 2.
+    loss_fn = lambda o: jnp.sum(-jnp.log(1.0 - o**2) + 5.0 * o)  # noqa: E731
+    opt = js.curveball(damping=1e-6, damping_interval=1)
+    params = jnp.array([0.0])
+    grads = jax.grad(loss_fn)(params)
+    state = opt.init(params)
+    for k in range(1, 8):
+        updates, state = _update(opt, grads, state, params, lambda w: w, loss_fn)
+        assert float(updates[0]) == 0.0 and int(state.total_notfinite) == k
+        np.testing.assert_allclose(state.damping, 1e-6 * 2.0 ** (k * (k + 1) / 2), rtol=1e-12)
+        np.testing.assert_allclose(state.damping_growth, 2.0 ** (k + 1))
+    updates, state = _update(opt, grads, state, params, lambda w: w, loss_fn)
+    np.testing.assert_allclose(updates, [-5.0 / (2.0 + 1e-6 * 2.0**28)], rtol=1e-12)
+    assert int(state.count) == 1 and float(state.damping_growth) == 2.0
+
+
 def test_nonfinite_trial_loss_rejects_the_step_and_grows_damping():
     # A log barrier: the first (undamped) step jumps outside the domain where the loss is inf.
     loss_fn = lambda o: jnp.sum(-jnp.log(1.0 - o**2) + 5.0 * o)  # noqa: E731
