@@ -122,20 +122,26 @@ def _check_order(lower, upper, x0):
 
 
 def project(x, lower, upper):
-    """Projects the flat vector ``x`` onto the box ``[lower, upper]``."""
-    return jnp.clip(x, lower, upper)
+    """Projects the flat vector ``x`` onto the box ``[lower, upper]`` (``None``: no box)."""
+    return x if lower is None else jnp.clip(x, lower, upper)
 
 
 def projected_gradient(x, g, lower, upper):
     """The projected gradient of L-BFGS-B (``projgr``): components that would leave the box are cut.
 
     Its infinity norm is the first-order optimality measure: zero exactly at a KKT point of the box.
+    ``lower = upper = None`` is no box (the gradient itself).
     """
+    if lower is None:
+        return g
     return jnp.where(g < 0, jnp.maximum(x - upper, g), jnp.minimum(x - lower, g))
 
 
 def max_step_in_box(x, d, lower, upper, largest):
-    """Longest step ``t <= largest`` with ``x + t d`` inside the box (0 when ``d`` points outwards)."""
+    """Longest step ``t <= largest`` with ``x + t d`` inside the box (0 when ``d`` points outwards;
+    ``largest`` when there is no box, ``lower = upper = None``)."""
+    if lower is None:
+        return jnp.asarray(largest, x.dtype)
     room = jnp.where(d < 0, lower - x, jnp.where(d > 0, upper - x, jnp.inf))
     ratio = jnp.where(d != 0, room / jnp.where(d != 0, d, 1), jnp.inf)
     ratio = jnp.where(jnp.isnan(ratio), jnp.inf, jnp.maximum(ratio, 0))

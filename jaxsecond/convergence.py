@@ -50,11 +50,21 @@ def status_at_iterate(x, f, g, f_old, lower, upper, nit, nfev, gtol, ftol, maxit
     the starting point, where there is no previous value). Convergence takes precedence over the
     iteration and evaluation budgets. A value of ``-inf`` means the objective is unbounded below;
     any other non-finite value or gradient is ``NONFINITE``.
+
+    Returns:
+      ``(status, pg_norm)``: the status (int32) and the projected gradient's infinity norm.
     """
     pg_norm = jnp.max(jnp.abs(projected_gradient(x, g, lower, upper)), initial=0.0)
+    finite = jnp.all(jnp.isfinite(g))
+    return iterate_status(f, f_old, pg_norm, finite, nit, nfev, gtol, ftol, maxiter, maxfun, first), pg_norm
+
+
+def iterate_status(f, f_old, pg_norm, g_finite, nit, nfev, gtol, ftol, maxiter, maxfun, first):
+    """:func:`status_at_iterate` from scalars: the projected gradient's infinity norm ``pg_norm``
+    and whether every component of the gradient is finite."""
     # An increase of f is never convergence (f <= f_old), whatever ftol.
     rel_reduction = (f <= f_old) & ((f_old - f) <= ftol * jnp.maximum(jnp.maximum(jnp.abs(f_old), jnp.abs(f)), 1.0))
-    finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
+    finite = jnp.isfinite(f) & g_finite
     status = jnp.where(
         ~finite,
         jnp.where(f == -jnp.inf, Status.UNBOUNDED, Status.NONFINITE),
@@ -68,7 +78,7 @@ def status_at_iterate(x, f, g, f_old, lower, upper, nit, nfev, gtol, ftol, maxit
             ),
         ),
     )
-    return status.astype(jnp.int32), pg_norm
+    return status.astype(jnp.int32)
 
 
 def stop_requested(on_iterate, accepted, x, f, g, nit, nfev):
@@ -82,5 +92,10 @@ def stop_requested(on_iterate, accepted, x, f, g, nit, nfev):
 def gradient_at_rounding_level(g, f):
     """Whether ``|g|_1 <= n sqrt(eps) max(|f|, 1)``: a gradient no larger than the rounding of ``f``
     can resolve, below which a line search or a curvature test can only see noise."""
-    eps = jnp.finfo(g.dtype).eps
-    return jnp.sum(jnp.abs(g)) <= g.size * jnp.sqrt(eps) * jnp.maximum(jnp.abs(f), 1.0)
+    return l1_at_rounding_level(jnp.sum(jnp.abs(g)), f, g.size)
+
+
+def l1_at_rounding_level(g_l1, f, size: int):
+    """:func:`gradient_at_rounding_level` from the gradient's L1 norm ``g_l1`` and its ``size``."""
+    eps = jnp.finfo(g_l1.dtype).eps
+    return g_l1 <= size * jnp.sqrt(eps) * jnp.maximum(jnp.abs(f), 1.0)

@@ -97,7 +97,7 @@ def newton(value_and_grad: Callable) -> DescentMethod:
         # (the shifted Cholesky would otherwise return some finite, meaningless step).
         return jnp.where(jnp.all(jnp.isfinite(hess)), -shifted_cholesky_solve(hess, g), jnp.nan)
 
-    return _memoryless(direction, initial_step=lambda f, f_prev, g, d, nit: jnp.ones((), d.dtype))
+    return _memoryless(direction, initial_step=lambda f, f_prev, gd, g_norm, nit: jnp.ones((), gd.dtype))
 
 
 def truncated_newton_direction(hvp: Callable[[Array], Array], g: Array) -> Array:

@@ -700,6 +700,8 @@ def _solve(problem, config, x0, args, lower, upper, numeric):
             fun_only = lambda x: vg(x)[0]
             return run_curveball(vg, fun_only, x_start, numeric, disp=config.disp, **static)
         solver = spec.make(vg, **static) if spec.objective else spec.make(**static)
+        if lower is None and not spec.supports_bounds:  # unconstrained: no box arithmetic compiled
+            lo = up = None
         out = spec.run(vg, x_start, lo, up, solver, options, disp=config.disp, on_iterate=on_iterate)
         return out.x, out.f, out.g, out.nit, out.nfev, out.status
 

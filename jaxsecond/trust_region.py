@@ -117,7 +117,7 @@ def run_trust_region(
     Args:
       value_and_grad: ``x -> (f, g)`` on flat vectors.
       x0: starting point.
-      lower, upper: must be unbounded (``±inf``); kept for the common solver signature.
+      lower, upper: must be unbounded (``±inf`` or ``None``); kept for the common solver signature.
       method: the radius constants.
       options: ``gtol`` (on the 2-norm of the gradient, as scipy), ``maxiter``, ``maxfun``.
       disp: print progress from inside the compiled loop.
