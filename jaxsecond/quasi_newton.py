@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from jaxsecond.bounds import max_step_in_box
-from jaxsecond.descent import DescentMethod, wolfe1_initial_step
+from jaxsecond.descent import SELECT_BELOW, DescentMethod, cond_or_select, wolfe1_initial_step
 
 
 class LimitedMemory(NamedTuple):
@@ -37,8 +37,7 @@ class LimitedMemory(NamedTuple):
     s: Array  # (m, n)
     y: Array  # (m, n)
     sy: Array  # (m, m) s_i . y_j
-    ss: Array  # (m, m) s_i . s_j (L-BFGS-B)
-    yy: Array  # (m, m) y_i . y_j (L-BFGS)
+    ss: Array  # (m, m) s_i . s_j
     theta: Array  # scaling of the initial matrix B0 = theta I (y.y / s.y of the newest pair)
     count: Array  # number of stored pairs
     next: Array  # slot the next pair goes to
@@ -52,7 +51,7 @@ def init_memory(x, maxcor: int) -> LimitedMemory:
     zeros_mn = jnp.zeros((maxcor, n), dtype)
     zeros_mm = jnp.zeros((maxcor, maxcor), dtype)
     return LimitedMemory(
-        s=zeros_mn, y=zeros_mn, sy=zeros_mm, ss=zeros_mm, yy=zeros_mm,
+        s=zeros_mn, y=zeros_mn, sy=zeros_mm, ss=zeros_mm,
         theta=jnp.ones((), dtype), count=jnp.zeros((), jnp.int32), next=jnp.zeros((), jnp.int32),
         free=jnp.ones((n,), bool), free_gram=jnp.zeros((2 * maxcor, 2 * maxcor), dtype),
         stale=jnp.zeros((maxcor,), bool),
@@ -67,16 +66,15 @@ def reset_memory(memory: LimitedMemory, forget=True) -> LimitedMemory:
     )
 
 
-def push_pair(memory: LimitedMemory, s, y, keep=True, *, inverse: bool = False) -> LimitedMemory:
+def push_pair(memory: LimitedMemory, s, y, keep=True) -> LimitedMemory:
     """Stores the pair ``(s, y)`` over the oldest one when ``keep``, and updates the Gram matrices.
 
     The write is a masked in-place row update (the row is rewritten with itself when ``keep`` is
     false), so it costs O(n) inside the solver loop instead of a copy of the whole buffer; the Gram
-    rows (O(mn), one pass over the buffers) are computed only when the pair is kept (every trip under
-    ``vmap``, where the conditional becomes a select): ``S^T Y`` and
-    ``S^T S`` for L-BFGS-B's compact form of ``B``, whose rows of the free Gram matrix are left to
-    :func:`update_free_gram` (the slot is marked stale, the next free set is not known yet), or
-    ``S^T Y`` and ``Y^T Y`` for the compact form of ``H`` (``inverse``, L-BFGS).
+    rows ``S^T Y`` and ``S^T S`` (O(mn), one pass over the buffers) are computed only when the pair
+    is kept (every trip under ``vmap``, where the conditional becomes a select). The pair's rows of
+    the free Gram matrix are left to :func:`update_free_gram` (the slot is marked stale, the next
+    free set is not known yet).
     """
     m = memory.s.shape[0]
     k = memory.next
@@ -84,17 +82,14 @@ def push_pair(memory: LimitedMemory, s, y, keep=True, *, inverse: bool = False) 
     y = jnp.where(keep, y, memory.y[k])
     S = memory.s.at[k].set(s)
     Y = memory.y.at[k].set(y)
-    sy, ss, yy, stale = memory.sy, memory.ss, memory.yy, memory.stale
+    sy, ss, stale = memory.sy, memory.ss, memory.stale
     zeros = (jnp.zeros((m,), S.dtype),) * 3
-    Ys, Sy, other = lax.cond(keep, lambda: (Y @ s, S @ y, Y @ y if inverse else S @ s), lambda: zeros)
+    Ys, Sy, Ss = lax.cond(keep, lambda: (Y @ s, S @ y, S @ s), lambda: zeros)
     sy = jnp.where(keep, sy.at[k, :].set(Ys).at[:, k].set(Sy), sy)
-    if inverse:
-        yy = jnp.where(keep, yy.at[k, :].set(other).at[:, k].set(other), yy)
-    else:
-        ss = jnp.where(keep, ss.at[k, :].set(other).at[:, k].set(other), ss)
-        stale = stale | (keep & (jnp.arange(m) == k))
+    ss = jnp.where(keep, ss.at[k, :].set(Ss).at[:, k].set(Ss), ss)
+    stale = stale | (keep & (jnp.arange(m) == k))
     return memory._replace(
-        s=S, y=Y, sy=sy, ss=ss, yy=yy,
+        s=S, y=Y, sy=sy, ss=ss,
         theta=jnp.where(keep, (y @ y) / (s @ y), memory.theta),
         count=jnp.where(keep, jnp.minimum(memory.count + 1, m), memory.count),
         next=jnp.where(keep, (k + 1) % m, k),
@@ -113,37 +108,114 @@ def _ranks(memory: LimitedMemory):
 # L-BFGS
 
 
-def inverse_hessian_times(memory: LimitedMemory, g) -> Array:
+class InverseMemory(NamedTuple):
+    """L-BFGS's correction pairs and the small matrices of the compact form of ``H``.
+
+    The pairs stay in a circular buffer (slot ``k`` is rewritten in place, no O(mn) shifting); the
+    ``m x m`` matrices are kept in age order, oldest first and the newest pair last, so that ``R``
+    is triangular as stored and a push is a shift by one row and column. Empty slots come first;
+    their entries are unspecified and masked where used.
+    """
+
+    w: Array  # (m, 2, n) s and y of the pair in slot k at [k]: one buffer, one pass, one write
+    rinv: Array  # (m, m) R^-1, R_ij = s_i . y_j for i <= j (upper triangular), age order
+    yy: Array  # (m, m) y_i . y_j, age order
+    sy: Array  # (m,) s_i . y_i (the diagonal D of R), age order
+    theta: Array  # y.y / s.y of the newest pair (H0 = I / theta)
+    count: Array  # number of stored pairs
+    next: Array  # slot the next pair goes to
+
+
+def init_inverse_memory(x, maxcor: int) -> InverseMemory:
+    n, dtype = x.shape[0], x.dtype
+    return InverseMemory(
+        w=jnp.zeros((maxcor, 2, n), dtype), rinv=jnp.eye(maxcor, dtype=dtype),
+        yy=jnp.zeros((maxcor, maxcor), dtype), sy=jnp.ones((maxcor,), dtype),
+        theta=jnp.ones((), dtype), count=jnp.zeros((), jnp.int32), next=jnp.zeros((), jnp.int32),
+    )
+
+
+def _age_order(next_slot, count, m):
+    """Slots from the oldest (``order[j]`` holds the pair of age rank ``j``), each slot's rank, and
+    which ranks hold a pair."""
+    j = jnp.arange(m)
+    return (next_slot + j) % m, (j - next_slot) % m, j >= m - count
+
+
+def push_inverse_pair(memory: InverseMemory, s, y, keep=True) -> InverseMemory:
+    """Stores ``(s, y)`` over the oldest pair when ``keep`` and updates ``R^-1``, ``Y^T Y`` and ``D``.
+
+    One pass over the buffer (``[S; Y] y``) gives the new column of ``R`` and row of ``Y^T Y``. ``R``
+    gains that column and loses its first row and column (the oldest pair); the inverse of a
+    triangular matrix's trailing block is the trailing block of its inverse, and
+    ``[[R, r], [0, d]]^-1 = [[R^-1, -R^-1 r / d], [0, 1 / d]]``, so ``R^-1`` is updated with one
+    ``m x m`` product (column-wise inversion, as stable as a triangular solve; Higham 2002, 14.2)
+    and the direction needs no triangular solve: on a small problem the solver's calls into LAPACK
+    cost more than the rest of the iteration.
+    """
+    m, _, n = memory.w.shape
+    k = memory.next
+    count = jnp.minimum(memory.count + 1, m)
+    order, _, valid = _age_order((k + 1) % m, count, m)
+
+    def update():
+        # Products with the pairs already stored (the slot's old pair is replaced by the new one's).
+        p = (memory.w.reshape(2 * m, n) @ y).reshape(m, 2).at[k].set(jnp.stack([s @ y, y @ y]))
+        sy_new, yy_new = p[order, 0], p[order, 1]  # against the pairs in age order; last: itself
+        d = sy_new[-1]
+        older = valid.at[-1].set(False)
+        both = older[:, None] & older[None, :]
+        rinv = jnp.where(both, jnp.roll(memory.rinv, -1, axis=(0, 1)), jnp.eye(m, dtype=memory.w.dtype))
+        column = jnp.where(older, -(rinv @ jnp.where(older, sy_new, 0.0)) / d, 0.0).at[-1].set(1.0 / d)
+        yy = jnp.roll(memory.yy, -1, axis=(0, 1))
+        yy = yy.at[-1, :].set(yy_new).at[:, -1].set(yy_new)
+        sy = jnp.roll(memory.sy, -1).at[-1].set(d)
+        return rinv.at[:, -1].set(column), yy, sy, yy_new[-1] / d
+
+    old = (memory.rinv, memory.yy, memory.sy, memory.theta)
+    new = cond_or_select(keep, update, lambda: old, select=memory.w.size < SELECT_BELOW)
+    # A pair whose products overflow is not stored. The test also makes the write below depend on
+    # the products, so that XLA writes the pair in place after they have read the buffer (with no
+    # data dependence between the two, it copies the whole buffer every trip to keep both values).
+    keep = keep & jnp.isfinite(new[-1])
+    rinv, yy, sy, theta = (jnp.where(keep, a, b) for a, b in zip(new, old))
+    w = memory.w.at[k].set(jnp.where(keep, jnp.stack([s, y]), memory.w[k]))
+    return InverseMemory(
+        w=w, rinv=rinv, yy=yy, sy=sy, theta=theta,
+        count=jnp.where(keep, count, memory.count), next=jnp.where(keep, (k + 1) % m, k),
+    )
+
+
+def inverse_hessian_times(memory: InverseMemory, g) -> Array:
     """Returns ``H g`` for the L-BFGS inverse-Hessian approximation ``H``, from its compact form.
 
     ``H = gamma I + [S Y] [[R^-T (D + gamma Y^T Y) R^-1, -R^-T], [-R^-1, 0]] [S Y]^T`` with
     ``gamma = s.y / y.y`` of the newest pair (``H0 = I / theta``, as in L-BFGS-B), ``R`` the upper
     triangle of ``S^T Y`` in the order the pairs were stored and ``D`` its diagonal (Byrd, Nocedal and
     Schnabel 1994, Theorem 2.2). The same matrix as the two-loop recursion (Nocedal & Wright,
-    Algorithm 7.4) in two passes over the buffers and ``m x m`` triangular solves, instead of ``2m``
-    dependent steps: a loop of small sequential steps is what costs most per iteration on small
-    problems, whose buffers are read in no time.
+    Algorithm 7.4) in two passes over the buffer and ``m x m`` products with the stored ``R^-1``,
+    instead of ``2m`` dependent steps: a loop of small sequential steps is what costs most per
+    iteration on small problems, whose buffers are read in no time.
 
     References:
       Byrd, Nocedal and Schnabel (1994), Representations of quasi-Newton matrices and their use in
       limited memory methods, Math. Programming 63.
     """
-    m = memory.s.shape[0]
-    order = (memory.next + jnp.arange(m)) % m  # slots from the oldest; empty slots come first
-    valid = jnp.arange(m) >= m - memory.count
+    m, _, n = memory.w.shape
+    w = memory.w.reshape(2 * m, n)  # rows s_0, y_0, s_1, y_1, ... (a free reshape)
+    order, rank, valid = _age_order(memory.next, memory.count, m)
     both = valid[:, None] & valid[None, :]
-    sy = memory.sy[order][:, order]
-    r = jnp.where(both, jnp.triu(sy), 0.0) + jnp.diag(jnp.where(valid, 0.0, 1.0))  # identity on empty slots
+    rinv = jnp.where(both, memory.rinv, jnp.eye(m, dtype=g.dtype))  # identity on empty slots
     gamma = 1.0 / memory.theta
-    a = jnp.where(valid, (memory.s @ g)[order], 0.0)
-    b = jnp.where(valid, (memory.y @ g)[order], 0.0)
-    r_inv_a = jax.scipy.linalg.solve_triangular(r, a, lower=False)
-    yy = jnp.where(both, memory.yy[order][:, order], 0.0)
-    middle = jnp.where(valid, jnp.diagonal(sy), 0.0) * r_inv_a + gamma * (yy @ r_inv_a)
-    u = jax.scipy.linalg.solve_triangular(r, middle - gamma * b, trans="T", lower=False)
-    coefficients_s = jnp.zeros_like(u).at[order].set(u)
-    coefficients_y = jnp.zeros_like(u).at[order].set(-gamma * r_inv_a)
-    return gamma * g + coefficients_s @ memory.s + coefficients_y @ memory.y
+    p = (w @ g).reshape(m, 2)
+    a = jnp.where(valid, p[order, 0], 0.0)
+    b = jnp.where(valid, p[order, 1], 0.0)
+    r_inv_a = rinv @ a
+    yy = jnp.where(both, memory.yy, 0.0)
+    middle = jnp.where(valid, memory.sy, 0.0) * r_inv_a + gamma * (yy @ r_inv_a)
+    u = (middle - gamma * b) @ rinv  # R^-T (...)
+    coefficients = jnp.stack([u[rank], -gamma * r_inv_a[rank]], axis=1)  # back to slot order
+    return gamma * g + coefficients.reshape(2 * m) @ w
 
 
 def lbfgs_direction(memory: LimitedMemory, x, g, lower, upper) -> Array:
@@ -496,18 +568,20 @@ def _memory_is_empty(memory: LimitedMemory) -> Array:
 def lbfgs(maxcor: int) -> DescentMethod:
     """L-BFGS with ``maxcor`` correction pairs, for :func:`jaxsecond.descent.run_descent`."""
     return DescentMethod(
-        init_memory=functools.partial(init_memory, maxcor=maxcor),
+        init_memory=functools.partial(init_inverse_memory, maxcor=maxcor),
         direction=lbfgs_direction,
-        update_memory=functools.partial(push_pair, inverse=True),
+        update_memory=push_inverse_pair,
         reset_memory=reset_memory,
         memory_is_empty=_memory_is_empty,
+        direction_size=lambda memory: memory.w.size,
     )
 
 
 def lbfgsb(maxcor: int) -> DescentMethod:
     """L-BFGS-B with ``maxcor`` correction pairs, for :func:`jaxsecond.descent.run_descent`."""
     return lbfgs(maxcor)._replace(
-        direction=lbfgsb_direction, update_memory=push_pair, direction_updates=("free", "free_gram", "stale")
+        init_memory=functools.partial(init_memory, maxcor=maxcor), direction=lbfgsb_direction,
+        update_memory=push_pair, direction_updates=("free", "free_gram", "stale"), direction_size=None,
     )
 
 

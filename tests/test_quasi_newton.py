@@ -23,14 +23,15 @@ def _pairs(count, seed=0):
 def _memory(s, y, inverse=False, forgotten=0):
     """The pairs pushed in order; after ``forgotten`` other pairs and a reset (L-BFGS-B's restart),
     which leave old pairs in the slots that are now empty."""
-    memory = qn.init_memory(jnp.zeros(N), M)
+    init, push = (qn.init_inverse_memory, qn.push_inverse_pair) if inverse else (qn.init_memory, qn.push_pair)
+    memory = init(jnp.zeros(N), M)
     old_s, old_y = _pairs(forgotten, seed=99)
     for si, yi in zip(old_s, old_y):
-        memory = qn.push_pair(memory, jnp.asarray(si), jnp.asarray(yi), inverse=inverse)
+        memory = push(memory, jnp.asarray(si), jnp.asarray(yi))
     if forgotten:
         memory = qn.reset_memory(memory)
     for si, yi in zip(s, y):
-        memory = qn.push_pair(memory, jnp.asarray(si), jnp.asarray(yi), inverse=inverse)
+        memory = push(memory, jnp.asarray(si), jnp.asarray(yi))
     return memory
 
 
@@ -281,6 +282,56 @@ def test_memory_keeps_the_newest_pairs_in_a_circular_buffer():
     np.testing.assert_allclose(memory.sy, np.asarray(memory.s) @ np.asarray(memory.y).T, rtol=1e-12)
     np.testing.assert_allclose(memory.theta, y[-1] @ y[-1] / (s[-1] @ y[-1]))
     assert int(qn.reset_memory(memory).count) == 0
+
+
+def test_inverse_memory_matrices_are_those_of_the_stored_pairs():
+    """R^-1, Y^T Y and D kept by shifting and bordering (age order) equal the matrices of the stored
+    pairs computed afresh, through a wrapped buffer and after a reset."""
+    s, y = _pairs(M + 3)
+    memory = _memory(s, y, inverse=True, forgotten=2)
+    order = (int(memory.next) + np.arange(M)) % M  # slots from the oldest
+    S, Y = np.asarray(memory.w[order, 0]), np.asarray(memory.w[order, 1])
+    np.testing.assert_allclose(S, s[3:], rtol=1e-15)
+    np.testing.assert_allclose(memory.rinv, np.linalg.inv(np.triu(S @ Y.T)), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(memory.yy, Y @ Y.T, rtol=1e-12)
+    np.testing.assert_allclose(memory.sy, np.sum(S * Y, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(memory.theta, y[-1] @ y[-1] / (s[-1] @ y[-1]), rtol=1e-12)
+
+
+def test_inverse_memory_refuses_a_pair_whose_products_overflow():
+    s, y = _pairs(2)
+    memory = _memory(s[:1], y[:1], inverse=True)
+    # s.y is finite and positive, y.y overflows: theta = y.y / s.y cannot be formed.
+    after = qn.push_inverse_pair(memory, jnp.full(N, 1e-190), jnp.full(N, 1e200))
+    for name in ("w", "rinv", "yy", "sy", "theta", "count", "next"):
+        np.testing.assert_array_equal(getattr(after, name), getattr(memory, name), err_msg=name)
+    kept = qn.push_inverse_pair(memory, jnp.asarray(s[1]), jnp.asarray(y[1]))
+    assert int(kept.count) == 2
+
+
+def test_branched_and_selected_loops_take_the_same_iterates(monkeypatch):
+    """Below ``SELECT_BELOW`` elements the L-BFGS direction and push are computed on every trip and
+    selected; above, taken by ``lax.cond``. Both forms must give the same solve."""
+    from jaxsecond import descent
+
+    def rosen(x):
+        return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+    x0 = jnp.tile(jnp.array([-1.2, 1.0], jnp.float64), 10)
+    options = descent.DescentOptions(
+        gtol=jnp.asarray(1e-8, x0.dtype), ftol=jnp.asarray(0.0, x0.dtype), maxiter=jnp.int32(1000),
+        maxfun=jnp.int32(2000), maxls=jnp.int32(20),
+    )
+    results = []
+    for threshold in (2**30, 0):
+        monkeypatch.setattr(descent, "SELECT_BELOW", threshold)
+        monkeypatch.setattr(qn, "SELECT_BELOW", threshold)
+        solve = jax.jit(lambda x: descent.run_descent(jax.value_and_grad(rosen), x, None, None, qn.lbfgs(M), options))
+        results.append(solve(x0))
+    selected, branched = results
+    assert int(selected.status) == int(branched.status) == 0
+    assert (int(selected.nit), int(selected.nfev)) == (int(branched.nit), int(branched.nfev))
+    np.testing.assert_allclose(selected.x, branched.x, rtol=1e-10)
 
 
 def test_free_gram_follows_the_free_set_through_pushes_and_changes():
