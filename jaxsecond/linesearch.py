@@ -13,10 +13,9 @@ References:
   ACM Transactions on Mathematical Software 20(3), 286-307.
 """
 
-from typing import NamedTuple
-
 import jax.numpy as jnp
-from jax import Array
+
+from jaxsecond._packed import packed_record
 
 # task codes
 SEARCHING = 0
@@ -28,29 +27,17 @@ _XTRAPL = 1.1
 _XTRAPU = 4.0
 
 
-class LineSearchState(NamedTuple):
-    """Scalars of one Moré–Thuente search (the saved variables of ``dcsrch``)."""
-
-    stp: Array  # the step at which the caller must evaluate next (or the accepted step)
-    stx: Array  # best step so far, its (modified) value relative to finit, and derivative
-    fx: Array
-    gx: Array
-    sty: Array  # other end of the bracketing interval
-    fy: Array
-    gy: Array
-    stmin: Array  # current interval in which the next trial must lie
-    stmax: Array
-    stpmin: Array  # smallest step allowed
-    stpmax: Array  # largest step allowed (shrunk after a non-finite trial)
-    width: Array
-    width1: Array
-    finit: Array
-    ginit: Array
-    brackt: Array
-    stage2: Array
-    task: Array
-    nfev: Array  # trials evaluated in this search
-    nonfinite: Array  # whether a trial gave a non-finite value or derivative
+# The saved variables of ``dcsrch``, in one array (see :mod:`jaxsecond._packed`): the step at which
+# the caller must evaluate next (or the accepted step); the best step so far, its (modified) value
+# relative to finit, and derivative; the other end of the bracketing interval; the interval in which
+# the next trial must lie; the smallest and largest steps allowed (stpmax shrinks after a non-finite
+# trial); the trials evaluated in this search and whether one gave a non-finite value or derivative.
+LineSearchState = packed_record(
+    "LineSearchState",
+    stp=None, stx=None, fx=None, gx=None, sty=None, fy=None, gy=None, stmin=None, stmax=None,
+    stpmin=None, stpmax=None, width=None, width1=None, finit=None, ginit=None,
+    brackt=bool, stage2=bool, task=jnp.int32, nfev=jnp.int32, nonfinite=bool,
+)
 
 
 def line_search_init(finit, ginit, stp, stpmax, stpmin=0.0) -> LineSearchState:
@@ -74,8 +61,8 @@ def line_search_init(finit, ginit, stp, stpmax, stpmin=0.0) -> LineSearchState:
     ok = jnp.isfinite(ginit) & (ginit < 0) & (stpmax > 0) & (stp > 0)
     zero = jnp.zeros((), dtype)
     width = stpmax  # stpmax - stpmin with stpmin = 0
-    return LineSearchState(
-        stp=stp, stx=zero, fx=zero, gx=ginit, sty=zero, fy=zero, gy=ginit,
+    return LineSearchState.pack(
+        dtype, stp=stp, stx=zero, fx=zero, gx=ginit, sty=zero, fy=zero, gy=ginit,
         stmin=zero, stmax=stp + _XTRAPU * stp, stpmin=stpmin, stpmax=stpmax, width=width, width1=2 * width,
         finit=finit, ginit=ginit, brackt=jnp.zeros((), bool), stage2=jnp.zeros((), bool),
         task=jnp.where(ok, SEARCHING, ERROR), nfev=jnp.zeros((), jnp.int32),
@@ -218,8 +205,8 @@ def line_search_step(state: LineSearchState, f, g, ftol, gtol, xtol) -> LineSear
     stp = jnp.where(stuck | ~jnp.isfinite(stp), stx, stp)
     stp = jnp.where(task == SEARCHING, stp, s.stp)  # a finished search reports the accepted step
 
-    searched = LineSearchState(
-        stp=stp, stx=stx, fx=fx, gx=gx, sty=sty, fy=fy, gy=gy, stmin=stmin, stmax=stmax,
+    searched = LineSearchState.pack(
+        s.stp.dtype, stp=stp, stx=stx, fx=fx, gx=gx, sty=sty, fy=fy, gy=gy, stmin=stmin, stmax=stmax,
         stpmin=s.stpmin, stpmax=s.stpmax, width=width, width1=width1, finit=s.finit, ginit=s.ginit, brackt=brackt,
         stage2=stage2, task=task, nfev=s.nfev + 1, nonfinite=s.nonfinite,
     )
@@ -227,10 +214,6 @@ def line_search_step(state: LineSearchState, f, g, ftol, gtol, xtol) -> LineSear
     halved = s.stx + 0.5 * (s.stp - s.stx)
     backtracked = s._replace(
         stp=halved, stpmax=halved, stmax=jnp.minimum(s.stmax, halved),
-        task=jnp.where(halved > 0, SEARCHING, ERROR), nfev=s.nfev + 1, nonfinite=jnp.ones((), bool),
+        task=jnp.where(halved > 0, SEARCHING, ERROR), nfev=s.nfev + 1, nonfinite=True,
     )
-    return _where_tree(finite, searched, backtracked)
-
-
-def _where_tree(pred, a, b):
-    return type(a)(*(jnp.where(pred, x, y) for x, y in zip(a, b)))
+    return LineSearchState.where(finite, searched, backtracked)

@@ -83,3 +83,21 @@ def test_non_finite_trial_backtracks():
     trials, task, stp = _run_ours(phi, 1.0, 1e-3, 0.9, stpmax=1e10)
     assert task == ls.CONVERGED and stp < 0.3
     assert trials[1] == 0.5 and trials[2] == 0.25  # halved towards the best point, then capped
+
+
+def test_packed_record_reads_writes_and_selects_its_fields():
+    from jaxsecond._packed import packed_record
+
+    Record = packed_record("Record", value=None, count=jnp.int32, flag=bool)
+    r = Record.pack(jnp.float32, value=1.5, count=3, flag=True)
+    assert r.values.shape == (3,) and r.values.dtype == jnp.float32
+    assert float(r.value) == 1.5 and int(r.count) == 3 and r.count.dtype == jnp.int32 and bool(r.flag)
+    r2 = r._replace(count=r.count + 1, flag=False)
+    assert int(r2.count) == 4 and not bool(r2.flag) and float(r2.value) == 1.5
+    assert int(Record.where(jnp.asarray(False), r, r2).count) == 4
+    # one leaf, batched by vmap along a leading axis
+    batched = jax.vmap(lambda v: Record.pack(jnp.float32, value=v, count=0, flag=v > 1))(jnp.arange(3.0))
+    assert jax.tree.leaves(batched)[0].shape == (3, 3)
+    np.testing.assert_array_equal(batched.flag, [False, False, True])
+    with pytest.raises(TypeError, match="needs exactly the fields"):
+        Record.pack(jnp.float32, value=1.0)
