@@ -18,7 +18,8 @@ def packed_record(typename: str, **kinds):
     Args:
       typename: the class name.
       **kinds: field name -> ``None`` (read back in the storage dtype), ``jnp.int32`` or ``bool``
-        (read back converted; stored exactly, as the storage dtype holds small integers exactly).
+        (read back converted; integers are stored exactly up to the storage dtype's mantissa,
+        2^24 in float32: for counts such as a line search's trials, not for budgets).
 
     Returns:
       A class with a constructor ``pack(dtype, **fields)``, a read-only property per field,
@@ -44,6 +45,8 @@ def packed_record(typename: str, **kinds):
         def pack(cls, dtype, **fields):
             if set(fields) != set(names):
                 raise TypeError(f"{typename}.pack needs exactly the fields {names}, got {tuple(fields)}")
+            if any(jnp.ndim(fields[name]) != 0 for name in names):
+                raise ValueError(f"{typename}.pack takes 0-d fields")
             index = jnp.arange(len(names))
             values = jnp.zeros(len(names), dtype)
             for i, name in enumerate(names):

@@ -85,7 +85,8 @@ class DescentMethod(NamedTuple):
       direction_size: ``(memory) -> int``, how many elements computing a direction reads (a static
         estimate of its cost), or ``None`` for an expensive direction (a Hessian). Below
         :data:`SELECT_BELOW` the direction is computed on every trip and selected where needed
-        instead of branched to.
+        instead of branched to, so it must be pure (no callback) and tolerate the memory and point
+        of any trip (a non-finite result there is discarded by the select).
     """
 
     init_memory: Callable[[Array], Any]
@@ -164,8 +165,8 @@ def run_descent(
     Args:
       value_and_grad: ``x -> (f, g)`` on flat vectors.
       x0: starting point, already inside the box.
-      lower, upper: box bounds (``±inf`` where unbounded), or ``None`` for an unconstrained problem
-        (no projections, nor box tests, compiled).
+      lower, upper: box bounds (``±inf`` where unbounded), or both ``None`` for an unconstrained
+        problem of a method whose direction ignores them (no projections, nor box tests, compiled).
       method: the direction and memory of the method.
       options: tolerances and budgets.
       disp: print progress from inside the compiled loop.
@@ -177,8 +178,10 @@ def run_descent(
     """
     dtype = x0.dtype
     size = x0.size
+    if (lower is None) != (upper is None):
+        raise ValueError("lower and upper must both be arrays or both be None")
     if lower is None:
-        constrained = boxed = False
+        constrained = boxed = jnp.zeros((), bool)
     else:
         constrained = jnp.any(jnp.isfinite(lower) | jnp.isfinite(upper))
         boxed = jnp.all(jnp.isfinite(lower) & jnp.isfinite(upper))

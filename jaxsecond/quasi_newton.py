@@ -1,8 +1,9 @@
 """Limited-memory quasi-Newton search directions: L-BFGS and L-BFGS-B.
 
 Both keep the last ``m`` correction pairs ``s_k = x_{k+1} - x_k``, ``y_k = g_{k+1} - g_k`` in a
-circular buffer of shape ``(m, n)`` on the flattened parameter vector (matrix-vector products on one
-buffer are what XLA runs fastest; the pytree is flattened once, by the driver).
+circular buffer on the flattened parameter vector, ``(m, n)`` each for L-BFGS-B and one ``(m, 2, n)``
+for L-BFGS (matrix-vector products on one buffer are what XLA runs fastest; the pytree is flattened
+once, by the driver).
 
 * L-BFGS: the inverse-Hessian product from the compact representation of ``H`` (Byrd, Nocedal,
   Schnabel 1994), the matrix of Nocedal's (1980) two-loop recursion.
@@ -13,8 +14,9 @@ buffer are what XLA runs fastest; the pytree is flattened once, by the driver).
   maintained JAX library implements it (jaxopt's LBFGSB is a projected-gradient approximation and
   unmaintained; optax has no bound constraints).
 
-The Gram matrices ``S^T Y`` and ``S^T S`` (L-BFGS-B) or ``Y^T Y`` (L-BFGS) are updated incrementally
-(O(mn) per iteration) so that only ``2m x 2m`` systems are ever factorised. So is the Gram matrix of
+L-BFGS-B's Gram matrices ``S^T Y`` and ``S^T S`` are updated incrementally (O(mn) per iteration) so
+that only ``2m x 2m`` systems are ever factorised; L-BFGS keeps ``R^-1``, ``Y^T Y`` and ``D`` of its
+compact inverse, updated the same way, and factorises nothing. So is the Gram matrix of
 the subspace step over the free variables (as L-BFGS-B's ``formk``): by the pair that enters and the
 variables whose free or fixed state changed, recomputed in full only when many changed while older
 pairs are stored.
@@ -28,7 +30,8 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from jaxsecond.bounds import max_step_in_box
-from jaxsecond.descent import SELECT_BELOW, DescentMethod, cond_or_select, wolfe1_initial_step
+from jaxsecond import descent as descent_lib
+from jaxsecond.descent import DescentMethod, cond_or_select, wolfe1_initial_step
 
 
 class LimitedMemory(NamedTuple):
@@ -58,8 +61,9 @@ def init_memory(x, maxcor: int) -> LimitedMemory:
     )
 
 
-def reset_memory(memory: LimitedMemory, forget=True) -> LimitedMemory:
-    """Forgets every pair when ``forget`` (L-BFGS-B's restart after a failed line search)."""
+def reset_memory(memory, forget=True):
+    """Forgets every pair of a :class:`LimitedMemory` or :class:`InverseMemory` when ``forget``
+    (L-BFGS-B's restart after a failed line search)."""
     return memory._replace(
         theta=jnp.where(forget, 1.0, memory.theta).astype(memory.theta.dtype),
         count=jnp.where(forget, 0, memory.count).astype(memory.count.dtype),
@@ -78,6 +82,8 @@ def push_pair(memory: LimitedMemory, s, y, keep=True) -> LimitedMemory:
     """
     m = memory.s.shape[0]
     k = memory.next
+    theta = (y @ y) / (s @ y)
+    keep = keep & jnp.isfinite(theta)  # a pair whose products overflow is not stored
     s = jnp.where(keep, s, memory.s[k])
     y = jnp.where(keep, y, memory.y[k])
     S = memory.s.at[k].set(s)
@@ -90,7 +96,7 @@ def push_pair(memory: LimitedMemory, s, y, keep=True) -> LimitedMemory:
     stale = stale | (keep & (jnp.arange(m) == k))
     return memory._replace(
         s=S, y=Y, sy=sy, ss=ss,
-        theta=jnp.where(keep, (y @ y) / (s @ y), memory.theta),
+        theta=jnp.where(keep, theta, memory.theta),
         count=jnp.where(keep, jnp.minimum(memory.count + 1, m), memory.count),
         next=jnp.where(keep, (k + 1) % m, k),
         stale=stale,
@@ -163,6 +169,7 @@ def push_inverse_pair(memory: InverseMemory, s, y, keep=True) -> InverseMemory:
         p = (memory.w.reshape(2 * m, n) @ y).reshape(m, 2).at[k].set(jnp.stack([s @ y, y @ y]))
         sy_new, yy_new = p[order, 0], p[order, 1]  # against the pairs in age order; last: itself
         d = sy_new[-1]
+        d = jnp.where(d != 0, d, 1.0)  # s.y = 0 only where the pair is not kept (selected, not branched)
         older = valid.at[-1].set(False)
         both = older[:, None] & older[None, :]
         rinv = jnp.where(both, jnp.roll(memory.rinv, -1, axis=(0, 1)), jnp.eye(m, dtype=memory.w.dtype))
@@ -170,14 +177,17 @@ def push_inverse_pair(memory: InverseMemory, s, y, keep=True) -> InverseMemory:
         yy = jnp.roll(memory.yy, -1, axis=(0, 1))
         yy = yy.at[-1, :].set(yy_new).at[:, -1].set(yy_new)
         sy = jnp.roll(memory.sy, -1).at[-1].set(d)
-        return rinv.at[:, -1].set(column), yy, sy, yy_new[-1] / d
+        theta = yy_new[-1] / d
+        return rinv.at[:, -1].set(column), yy, sy, theta, jnp.isfinite(theta) & jnp.all(jnp.isfinite(column))
 
     old = (memory.rinv, memory.yy, memory.sy, memory.theta)
-    new = cond_or_select(keep, update, lambda: old, select=memory.w.size < SELECT_BELOW)
-    # A pair whose products overflow is not stored. The test also makes the write below depend on
-    # the products, so that XLA writes the pair in place after they have read the buffer (with no
-    # data dependence between the two, it copies the whole buffer every trip to keep both values).
-    keep = keep & jnp.isfinite(new[-1])
+    *new, finite = cond_or_select(
+        keep, update, lambda: (*old, jnp.ones((), bool)), select=memory.w.size < descent_lib.SELECT_BELOW
+    )
+    # A pair whose products overflow is not stored (as in push_pair). The test also makes the
+    # write below depend on the products, so that XLA writes the pair in place after they have read
+    # the buffer (with no data dependence between the two, it copies the whole buffer every trip).
+    keep = keep & finite
     rinv, yy, sy, theta = (jnp.where(keep, a, b) for a, b in zip(new, old))
     w = memory.w.at[k].set(jnp.where(keep, jnp.stack([s, y]), memory.w[k]))
     return InverseMemory(
@@ -218,7 +228,7 @@ def inverse_hessian_times(memory: InverseMemory, g) -> Array:
     return gamma * g + coefficients.reshape(2 * m) @ w
 
 
-def lbfgs_direction(memory: LimitedMemory, x, g, lower, upper) -> Array:
+def lbfgs_direction(memory: "InverseMemory", x, g, lower, upper) -> Array:
     """The L-BFGS search direction ``-H g`` (the box arguments are unused: L-BFGS is unconstrained)."""
     del x, lower, upper
     return -inverse_hessian_times(memory, g)
@@ -561,7 +571,7 @@ def lbfgsb_direction(memory: LimitedMemory, x, g, lower, upper):
     return z - x, memory._replace(free=free, free_gram=gram, stale=stale)
 
 
-def _memory_is_empty(memory: LimitedMemory) -> Array:
+def _memory_is_empty(memory) -> Array:
     return memory.count == 0
 
 

@@ -207,8 +207,10 @@ def test_float32(method, n):
     assert res.x.dtype == jnp.float32 and res.fun.dtype == jnp.float32
     # Newton-CG stops on scipy's step-size rule (an L1 step <= xtol = 1e-5); in float32 its last
     # steps are rounding-dominated, and the point it stops at moves with the rounding of the
-    # compiled program (1.3e-5 and 2.6e-4 from the minimiser at n = 4 in two versions of the loop).
+    # compiled program (2.6e-5 and 2.6e-4 from the minimiser at n = 4 in two versions of the loop).
     np.testing.assert_allclose(res.x, np.ones(n), atol=1e-3 if method == "newton-cg" else 1e-4)
+    if method == "newton-cg":
+        assert res.message == "CONVERGENCE: STEP SIZE <= XTOL"
     # Below gtol = 1e-5 the float32 gradient is rounding noise: a search that no longer decreases f
     # there is success (FTOL, a stall at a rounding-level gradient), for CG too (it used to creep
     # on until maxiter).

@@ -287,15 +287,19 @@ def test_memory_keeps_the_newest_pairs_in_a_circular_buffer():
 def test_inverse_memory_matrices_are_those_of_the_stored_pairs():
     """R^-1, Y^T Y and D kept by shifting and bordering (age order) equal the matrices of the stored
     pairs computed afresh, through a wrapped buffer and after a reset."""
-    s, y = _pairs(M + 3)
-    memory = _memory(s, y, inverse=True, forgotten=2)
-    order = (int(memory.next) + np.arange(M)) % M  # slots from the oldest
-    S, Y = np.asarray(memory.w[order, 0]), np.asarray(memory.w[order, 1])
-    np.testing.assert_allclose(S, s[3:], rtol=1e-15)
-    np.testing.assert_allclose(memory.rinv, np.linalg.inv(np.triu(S @ Y.T)), rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(memory.yy, Y @ Y.T, rtol=1e-12)
-    np.testing.assert_allclose(memory.sy, np.sum(S * Y, axis=1), rtol=1e-12)
-    np.testing.assert_allclose(memory.theta, y[-1] @ y[-1] / (s[-1] @ y[-1]), rtol=1e-12)
+    for count, forgotten in ((M + 3, 2), (2, M + 1)):  # full and wrapped; partly filled after a reset
+        s, y = _pairs(count)
+        memory = _memory(s, y, inverse=True, forgotten=forgotten)
+        kept = min(count, M)
+        order = ((int(memory.next) + np.arange(M)) % M)[M - kept:]  # stored slots from the oldest
+        S, Y = np.asarray(memory.w[order, 0]), np.asarray(memory.w[order, 1])
+        np.testing.assert_allclose(S, s[count - kept:], rtol=1e-15)
+        block = slice(M - kept, M)  # the matrices' stored block (age order, newest last)
+        np.testing.assert_allclose(memory.rinv[block, block], np.linalg.inv(np.triu(S @ Y.T)), rtol=1e-10,
+                                   atol=1e-14)
+        np.testing.assert_allclose(memory.yy[block, block], Y @ Y.T, rtol=1e-12)
+        np.testing.assert_allclose(memory.sy[block], np.sum(S * Y, axis=1), rtol=1e-12)
+        np.testing.assert_allclose(memory.theta, y[-1] @ y[-1] / (s[-1] @ y[-1]), rtol=1e-12)
 
 
 def test_inverse_memory_refuses_a_pair_whose_products_overflow():
@@ -303,7 +307,7 @@ def test_inverse_memory_refuses_a_pair_whose_products_overflow():
     memory = _memory(s[:1], y[:1], inverse=True)
     # s.y is finite and positive, y.y overflows: theta = y.y / s.y cannot be formed.
     after = qn.push_inverse_pair(memory, jnp.full(N, 1e-190), jnp.full(N, 1e200))
-    for name in ("w", "rinv", "yy", "sy", "theta", "count", "next"):
+    for name in qn.InverseMemory._fields:
         np.testing.assert_array_equal(getattr(after, name), getattr(memory, name), err_msg=name)
     kept = qn.push_inverse_pair(memory, jnp.asarray(s[1]), jnp.asarray(y[1]))
     assert int(kept.count) == 2
@@ -311,27 +315,47 @@ def test_inverse_memory_refuses_a_pair_whose_products_overflow():
 
 def test_branched_and_selected_loops_take_the_same_iterates(monkeypatch):
     """Below ``SELECT_BELOW`` elements the L-BFGS direction and push are computed on every trip and
-    selected; above, taken by ``lax.cond``. Both forms must give the same solve."""
+    selected; above, taken by ``lax.cond``. Both forms must give the same solve (on a well-conditioned
+    problem, where rounding differences between the two programs cannot change a decision)."""
     from jaxsecond import descent
 
-    def rosen(x):
-        return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(20, 20))
+    hess = jnp.asarray(a @ a.T / 20 + np.eye(20))
+    b = jnp.asarray(rng.normal(size=20))
 
-    x0 = jnp.tile(jnp.array([-1.2, 1.0], jnp.float64), 10)
+    def fun(x):
+        return 0.5 * x @ hess @ x - b @ x + 0.25 * jnp.sum(x**4)
+
+    x0 = jnp.ones(20, jnp.float64)
     options = descent.DescentOptions(
-        gtol=jnp.asarray(1e-8, x0.dtype), ftol=jnp.asarray(0.0, x0.dtype), maxiter=jnp.int32(1000),
+        gtol=jnp.asarray(1e-6, x0.dtype), ftol=jnp.asarray(0.0, x0.dtype), maxiter=jnp.int32(1000),
         maxfun=jnp.int32(2000), maxls=jnp.int32(20),
     )
     results = []
     for threshold in (2**30, 0):
         monkeypatch.setattr(descent, "SELECT_BELOW", threshold)
-        monkeypatch.setattr(qn, "SELECT_BELOW", threshold)
-        solve = jax.jit(lambda x: descent.run_descent(jax.value_and_grad(rosen), x, None, None, qn.lbfgs(M), options))
+        solve = jax.jit(lambda x: descent.run_descent(jax.value_and_grad(fun), x, None, None, qn.lbfgs(M), options))
         results.append(solve(x0))
     selected, branched = results
-    assert int(selected.status) == int(branched.status) == 0
+    assert int(selected.status) == int(branched.status) == 0 and int(selected.nit) > M  # the buffer wrapped
     assert (int(selected.nit), int(selected.nfev)) == (int(branched.nit), int(branched.nfev))
     np.testing.assert_allclose(selected.x, branched.x, rtol=1e-10)
+
+
+def test_unkept_pair_leaves_the_inverse_memory_unchanged(monkeypatch):
+    from jaxsecond import descent
+
+    s, y = _pairs(3)
+    memory = _memory(s[:2], y[:2], inverse=True)
+    for threshold in (2**30, 0):  # selected and branched
+        monkeypatch.setattr(descent, "SELECT_BELOW", threshold)
+        after = qn.push_inverse_pair(memory, jnp.asarray(s[2]), jnp.asarray(y[2]), jnp.asarray(False))
+        for name in InverseFields:
+            np.testing.assert_array_equal(getattr(after, name), getattr(memory, name), err_msg=name)
+
+
+InverseFields = qn.InverseMemory._fields
 
 
 def test_free_gram_follows_the_free_set_through_pushes_and_changes():
