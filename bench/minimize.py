@@ -410,6 +410,13 @@ def summary(rows, solvers):
                       and by[(p, js_label)].warm > by[(p, peer)].warm]
             lines.append(f"{js_label} slower (warm) than {peer} on {len(slower)} problems"
                          f"{': ' + ', '.join(slower) if slower else ''}")
+            # Issue #11's measure: warm time against the peer on the small problems (n <= 100).
+            small = [(by[(p, js_label)].warm / by[(p, peer)].warm, p) for p in problem_names
+                     if (p, js_label) in by and (p, peer) in by and by[(p, js_label)].n <= 100]
+            if small:
+                worst = max(small)
+                lines.append(f"{js_label} warm / {peer} warm on the {len(small)} problems with n <= 100: geomean "
+                             f"{geomean([r for r, _ in small]):.2f}, worst {worst[0]:.2f} ({worst[1]})")
             firsts = [by[(p, js_label)].first / by[(p, peer)].first for p in problem_names
                       if (p, js_label) in by and (p, peer) in by]
             lines.append(f"{js_label} first call / {peer} first call: geomean {geomean(firsts):.2f}")
