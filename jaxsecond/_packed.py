@@ -36,7 +36,6 @@ def packed_record(typename: str, **kinds):
 
     class Record:
         __slots__ = ("values",)
-        fields = names
 
         def __init__(self, values):
             self.values = values

@@ -138,6 +138,19 @@ class _State(NamedTuple):
     flat: Array  # the projected gradient at x is at the rounding level of f
 
 
+class _Reductions(NamedTuple):
+    """What starting a search needs from the direction's vectors (all 0-d): ``g.d``, the infinity
+    norms of ``d`` and ``x``, ``|d|_2`` (or ``|g|_2`` for a method's own first step), the longest
+    step inside the box and the step below which ``x + stp d`` rounds to ``x``."""
+
+    gd: Array
+    dmax: Array
+    xmax: Array
+    norm: Array
+    box: Array
+    stpmin: Array
+
+
 def _scalar_step(pred, fun, otherwise, *operands):
     """``lax.cond(pred, fun, otherwise, *operands)`` for a step of scalar arithmetic only.
 
@@ -194,13 +207,13 @@ def run_descent(
         if method.direction_updates:
             d, memory = d
             updated = tuple(getattr(memory, name) for name in method.direction_updates)
-        reductions = (
-            g @ d,
-            jnp.max(jnp.abs(d)),
-            jnp.max(jnp.abs(x)),
-            jnp.linalg.norm(d if method.initial_step is None else g),
-            max_step_in_box(x, d, lower, upper, jnp.inf),
-            rounding_step(x, d),
+        reductions = _Reductions(
+            gd=g @ d,
+            dmax=jnp.max(jnp.abs(d)),
+            xmax=jnp.max(jnp.abs(x)),
+            norm=jnp.linalg.norm(d if method.initial_step is None else g),
+            box=max_step_in_box(x, d, lower, upper, jnp.inf),
+            stpmin=rounding_step(x, d),
         )
         return d, updated, reductions
 
@@ -234,7 +247,7 @@ def run_descent(
         empty = method.memory_is_empty(memory)
         unchanged = tuple(getattr(memory, name) for name in method.direction_updates) or None
         cheap = method.direction_size is not None and method.direction_size(memory) < SELECT_BELOW
-        zeros = tuple(jnp.zeros((), dtype) for _ in range(6))
+        zeros = _Reductions(*(jnp.zeros((), dtype) for _ in _Reductions._fields))
         d, updated, reductions = cond_or_select(
             state.need_direction, direction, lambda *_: (state.d, unchanged, zeros), memory, state.x, state.g,
             select=cheap,

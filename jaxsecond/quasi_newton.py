@@ -103,10 +103,17 @@ def push_pair(memory: LimitedMemory, s, y, keep=True) -> LimitedMemory:
     )
 
 
+def _age_order(next_slot, count, m):
+    """Slots from the oldest (``order[j]`` holds the pair of age rank ``j``), each slot's rank, and
+    which ranks hold a pair."""
+    j = jnp.arange(m)
+    return (next_slot + j) % m, (j - next_slot) % m, j >= m - count
+
+
 def _ranks(memory: LimitedMemory):
     """Age rank of each slot (larger is newer) and the mask of slots holding a pair."""
     m = memory.s.shape[0]
-    rank = (jnp.arange(m) - memory.next) % m
+    _, rank, _ = _age_order(memory.next, memory.count, m)
     return rank, rank >= m - memory.count
 
 
@@ -139,13 +146,6 @@ def init_inverse_memory(x, maxcor: int) -> InverseMemory:
         yy=jnp.zeros((maxcor, maxcor), dtype), sy=jnp.ones((maxcor,), dtype),
         theta=jnp.ones((), dtype), count=jnp.zeros((), jnp.int32), next=jnp.zeros((), jnp.int32),
     )
-
-
-def _age_order(next_slot, count, m):
-    """Slots from the oldest (``order[j]`` holds the pair of age rank ``j``), each slot's rank, and
-    which ranks hold a pair."""
-    j = jnp.arange(m)
-    return (next_slot + j) % m, (j - next_slot) % m, j >= m - count
 
 
 def push_inverse_pair(memory: InverseMemory, s, y, keep=True) -> InverseMemory:
