@@ -68,7 +68,9 @@ def test_problem_set_against_scipy(name):
     # The gradient, recomputed independently at the returned point, is the one reported, and a
     # GTOL success really has a projected gradient within gtol.
     grad = jitted_value_and_grad(p.fun)(res.x)[1]
-    np.testing.assert_allclose(res.jac, grad, rtol=1e-8, atol=1e-10)
+    # rtol 1e-7, not tighter: the two are compiled differently (the solve's loop may be one kernel),
+    # and Meyer's d/dx1 = -1.48 is a sum of sixteen terms of 1e7, rounded 3e-8 apart.
+    np.testing.assert_allclose(res.jac, grad, rtol=1e-7, atol=1e-10)
     pg = projected_gradient(res.x, grad, jnp.asarray(lower), jnp.asarray(upper))
     if int(res.status) == js.Status.GTOL:
         assert float(jnp.max(jnp.abs(pg))) <= options["gtol"]

@@ -1,0 +1,155 @@
+"""The solvers' outer ``lax.while_loop``, compiled by XLA:CPU into one kernel when the loop is small.
+
+XLA's CPU runtime runs a loop as a sequence of thunks, one per fused kernel, and pays for each in
+dispatch (and, once a buffer exceeds 512 bytes, in hand-offs between threads): a few microseconds per
+trip at least, more than all the arithmetic of a small problem (chained Rosenbrock at n = 2: 7 us per
+trip against 2 for the same loop as one kernel). XLA has a pass for exactly this case,
+``SmallWhileLoopHoistingPass``: it moves a while loop that has no dot, convolution, custom call or
+scatter into a call marked ``xla_cpu_small_call``, which the backend compiles into one function. But
+its size limit (1 kB of accessed bytes) admits none of our loops and can only be raised for a whole
+process, through ``XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=N``,
+which a library must not set for its users. No JAX library exposes it per computation, so we mark
+the call ourselves, under that pass's conditions and stricter ones of our own:
+
+- the loop (with everything it calls) uses only primitives from an allow-list that XLA's elemental
+  emitter compiles (no linear algebra, sort, scatter, FFT, callback, random bits);
+- no array in it has :data:`SINGLE_KERNEL_BELOW` elements or more: one kernel runs on one thread,
+  and XLA hands larger reductions to its YNNPACK fusions, which the single-function emitter lacks;
+- the default backend is the CPU, and the loop is not batched by ``vmap`` (the mark is dropped by its
+  batching rule: under ``vmap`` the sizes checked here would be multiplied by the batch).
+
+Elsewhere the loop is an ordinary ``lax.while_loop``, and the results are the same up to rounding
+(one kernel may order a reduction's sums differently).
+"""
+
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend import core as jex_core
+from jax.interpreters import ad, batching, mlir
+
+# Loops whose arrays all have fewer elements than this are compiled into one kernel on the CPU; 0
+# turns it off. Read when a solve is traced; set from the environment variable of the same name
+# (prefixed JAXSECOND_) at import. XLA:CPU gives reductions of 4096 elements or more to YNNPACK.
+SINGLE_KERNEL_BELOW = int(os.environ.get("JAXSECOND_SINGLE_KERNEL_BELOW", 4096))
+
+# Primitives XLA's elemental IR emitter compiles inside one function: elementwise arithmetic,
+# comparisons, conversions, shape manipulation, slicing, gathers, reductions, control flow. Two more
+# are allowed in the forms XLA rewrites before that emitter sees them: vector products
+# (``dot_general`` with an operand made only of batch and contracting dimensions) become reductions,
+# and a scatter of one window (``x.at[i].set(v)``) becomes a dynamic update of a slice.
+_ELEMENTWISE = {
+    "abs", "acos", "add_any", "bitcast_convert_type", "acosh", "add", "and", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil",
+    "clamp", "convert_element_type", "copy", "copy_p", "cos", "cosh", "digamma", "div", "eq", "erf",
+    "erf_inv", "erfc", "exp", "exp2", "expm1", "floor", "ge", "gt", "imag", "integer_pow", "is_finite",
+    "le", "lgamma", "log", "log1p", "logistic", "lt", "max", "min", "mul", "ne", "neg", "nextafter",
+    "not", "or", "pow", "real", "reduce_precision", "rem", "round", "rsqrt", "select_n", "shift_left",
+    "shift_right_arithmetic", "shift_right_logical", "sign", "sin", "sinh", "sqrt", "square", "sub",
+    "tan", "tanh", "xor", "stop_gradient",
+}
+_STRUCTURAL = {
+    "broadcast_in_dim", "concatenate", "dynamic_slice", "dynamic_update_slice", "expand_dims", "gather",
+    "iota", "pad", "reshape", "rev", "slice", "split", "squeeze", "stack", "tile", "transpose",
+}
+_REDUCTIONS = {
+    "argmax", "argmin", "reduce_and", "reduce_max", "reduce_min", "reduce_or", "reduce_prod",
+    "reduce_sum", "reduce_xor",
+}
+_CONTROL = {
+    "cond", "while", "pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
+    "custom_vjp_call_jaxpr", "remat", "checkpoint", "optimization_barrier", "name",
+}
+_ALLOWED = _ELEMENTWISE | _STRUCTURAL | _REDUCTIONS | _CONTROL
+
+
+def _is_vector_product(eqn) -> bool:
+    """Whether a ``dot_general`` has an operand made only of batch and contracting dimensions."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
+    lhs, rhs = (v.aval for v in eqn.invars)
+    return (len(lhs_contract) + len(lhs_batch) == lhs.ndim
+            or len(rhs_contract) + len(rhs_batch) == rhs.ndim)
+
+
+def _is_single_window_scatter(eqn) -> bool:
+    """Whether a scatter writes one window (its indices hold one index vector)."""
+    indices = eqn.invars[1].aval
+    return indices.size == len(eqn.params["dimension_numbers"].scatter_dims_to_operand_dims)
+
+
+_REWRITTEN = {"dot_general": _is_vector_product, "scatter": _is_single_window_scatter,
+              "scatter-add": _is_single_window_scatter, "scatter_add": _is_single_window_scatter}
+
+
+def _sub_jaxprs(params):
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jex_core.ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, jex_core.Jaxpr):
+                yield item
+
+
+def _fits_one_kernel(jaxpr, limit: int) -> bool:
+    """Whether every equation (recursively) is allowed and every array has fewer than ``limit``
+    elements."""
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name not in _ALLOWED and not (name in _REWRITTEN and _REWRITTEN[name](eqn)):
+            return False
+        for var in (*eqn.invars, *eqn.outvars):
+            if getattr(var.aval, "size", 0) >= limit:
+                return False
+        if not all(_fits_one_kernel(sub, limit) for sub in _sub_jaxprs(eqn.params)):
+            return False
+    return True
+
+
+# An identity whose lowering marks the call that produced its operand; dropped under ``vmap``.
+_mark_p = jex_core.Primitive("jaxsecond_single_kernel_mark")
+_mark_p.def_impl(lambda x: x)
+_mark_p.def_abstract_eval(lambda aval: aval)
+batching.primitive_batchers[_mark_p] = lambda args, dims: (args[0], dims[0])
+ad.deflinear2(_mark_p, lambda cotangent, _: (cotangent,))
+
+
+def _mark_lowering(ctx, x):
+    owner = x.owner
+    op = None if owner is None or isinstance(owner, mlir.ir.Block) else owner.operation
+    if op is not None and op.name == "func.call":
+        op.attributes["mhlo.frontend_attributes"] = mlir.ir.DictAttr.get({
+            "xla_cpu_small_call": mlir.ir.StringAttr.get("true"),
+            # Keeps XLA's call inliner from dissolving the call before the CPU backend sees it.
+            "inlineable": mlir.ir.StringAttr.get("false"),
+        })
+    return [x]
+
+
+mlir.register_lowering(_mark_p, _mark_lowering, cacheable=False)
+
+
+def while_loop(cond_fun: Callable, body_fun: Callable, init: Any) -> Any:
+    """``lax.while_loop(cond_fun, body_fun, init)``, compiled into one kernel on the CPU when small.
+
+    Args:
+      cond_fun, body_fun, init: as for ``lax.while_loop``.
+
+    Returns:
+      The final loop state, as ``lax.while_loop`` returns it.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> int(while_loop(lambda i: i < 10, lambda i: i + 1, jnp.int32(0)))
+      10
+    """
+    def loop(state):
+        return lax.while_loop(cond_fun, body_fun, state)
+
+    if SINGLE_KERNEL_BELOW <= 0 or jax.default_backend() != "cpu":
+        return loop(init)
+    closed = jax.make_jaxpr(loop)(init)
+    if not _fits_one_kernel(closed.jaxpr, SINGLE_KERNEL_BELOW):
+        return loop(init)
+    return jax.tree.map(_mark_p.bind, jax.jit(loop)(init))
