@@ -5,7 +5,10 @@ approximately by linear CG with Hessian-vector products (``jvp`` of the gradient
 formed), stopping at the boundary, at a direction of non-positive curvature (followed to the boundary)
 or at a residual below ``min(0.5, sqrt|g|) |g|``. The step is accepted when the actual reduction is
 more than ``eta`` times the predicted one; the radius shrinks by 4 when that ratio is below 1/4 and
-doubles (up to ``max_trust_radius``) when it is above 3/4 on the boundary -- all as scipy.
+doubles (up to ``max_trust_radius``) when it is above 3/4 on the boundary -- all as scipy, except
+that both reductions are shifted by ten roundings of ``f`` before the ratio is taken, so that near the
+minimum, where the predicted reduction is below what ``f`` can resolve, a Newton step is not refused
+(and the radius collapsed) on the rounding of ``f``.
 
 There is no line search, so this module has its own loop; it shares the statuses, the convergence
 tests and the result type with :mod:`jaxsecond.descent`. The loop is one ``lax.while_loop`` whose
@@ -15,7 +18,8 @@ one trial point per trip), so under ``vmap`` each problem stops on its own crite
 References:
   Steihaug (1983). The conjugate gradient method and trust regions in large scale optimization.
   SIAM J. Numer. Anal. 20(3). Nocedal and Wright (2006), Numerical Optimization, 2nd ed.,
-  Algorithms 4.1 and 7.2.
+  Algorithms 4.1 and 7.2. Conn, Gould and Toint (2000), Trust-Region Methods, SIAM, section 17.4.2
+  (the ratio shifted by the rounding level).
 """
 
 from typing import Callable, NamedTuple
@@ -145,7 +149,11 @@ def run_trust_region(
         f_trial = jnp.asarray(f_trial, dtype)
         nfev = state.nfev + 1
         actual = state.f - f_trial
-        rho = jnp.where(jnp.isfinite(f_trial), actual / state.predicted, -jnp.inf)
+        # Both reductions shifted by the rounding level of f (Conn, Gould & Toint 2000, section
+        # 17.4.2): a step whose predicted reduction f cannot resolve is judged by the model, not by
+        # which way f's last bits happen to round.
+        shift = 10 * jnp.finfo(dtype).eps * jnp.maximum(1.0, jnp.abs(state.f))
+        rho = jnp.where(jnp.isfinite(f_trial), (actual + shift) / (state.predicted + shift), -jnp.inf)
         radius = jnp.where(
             rho < 0.25,
             0.25 * state.radius,

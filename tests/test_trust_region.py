@@ -79,3 +79,15 @@ def test_trust_ncg_vmap_each_problem_stops_on_its_own():
     assert bool(jnp.all(res.success))
     single = js.minimize(fun, x0[1], method="trust-ncg")
     assert int(res.nit[1]) == int(single.nit) < int(res.nit[0])
+
+
+@pytest.mark.parametrize("x0", [3e-5, 1e-5, 3e-6])
+def test_a_step_below_the_rounding_of_f_is_judged_by_the_model(x0):
+    """1e8 + a quadratic: the Newton step's reduction (< 7e-9) is below f's rounding (1.5e-8), so
+    the plain ratio of reductions is noise; without the shifted ratio every step was refused and the
+    radius collapsed (LINESEARCH_FAILED after 250 iterations, |g| ~ 1e-4)."""
+    d = jnp.arange(1.0, 6.0)
+    res = js.minimize(lambda x: 1e8 + 0.5 * jnp.sum(d * x**2), jnp.full(5, x0), method="trust-ncg",
+                      options={"gtol": 1e-9})
+    assert int(res.status) == js.Status.GTOL and int(res.nit) == 1
+    np.testing.assert_allclose(res.x, 0.0, atol=1e-15)
