@@ -1,33 +1,33 @@
-"""The solvers' outer ``lax.while_loop``, compiled by XLA:CPU into one kernel when the loop is small.
+"""A whole solve, loop and all, compiled by XLA:CPU into one kernel when the problem is small.
 
-XLA's CPU runtime runs a loop as a sequence of thunks, one per fused kernel, and pays for each in
-dispatch (and, once a buffer exceeds 512 bytes, in hand-offs between threads): a few microseconds per
-trip at least, more than all the arithmetic of a small problem (chained Rosenbrock at n = 2: 7 us per
-trip against 2 for the same loop as one kernel). XLA has a pass for exactly this case,
+XLA's CPU runtime runs a program as a sequence of thunks, one per fused kernel, and pays for each in
+dispatch (and, once a buffer exceeds 512 bytes, in hand-offs between threads): microseconds per loop
+trip, more than all the arithmetic of a small problem (L-BFGS on chained Rosenbrock at n = 100: 9.4 us
+per iteration as separate kernels, 2.2 as one). XLA has a pass for exactly this case,
 ``SmallWhileLoopHoistingPass``: it moves a while loop that has no dot, convolution, custom call or
 scatter into a call marked ``xla_cpu_small_call``, which the backend compiles into one function. But
 its size limit (1 kB of accessed bytes) admits none of our loops and can only be raised for a whole
 process, through ``XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=N``,
 which a library must not set for its users. No JAX library exposes it per computation, so we mark
-the call ourselves, under that pass's conditions and stricter ones of our own:
+the call ourselves (the whole solve, so that its set-up and result are in the kernel too), under that
+pass's conditions and stricter ones of our own:
 
-- the loop (with everything it calls) uses only primitives from an allow-list that XLA's elemental
-  emitter compiles (no linear algebra, sort, scatter, FFT, callback, random bits);
+- the function (with everything it calls) uses only primitives from an allow-list that XLA's
+  elemental emitter compiles (no linear algebra, sort, scatter of several indices, FFT, callback,
+  random bits);
 - no array in it has :data:`SINGLE_KERNEL_BELOW` elements or more: one kernel runs on one thread,
   and XLA hands larger reductions to its YNNPACK fusions, which the single-function emitter lacks;
-- the default backend is the CPU, and the loop is not batched by ``vmap`` (the mark is dropped by its
+- the default backend is the CPU, and the call is not batched by ``vmap`` (the mark is dropped by its
   batching rule: under ``vmap`` the sizes checked here would be multiplied by the batch).
 
-Elsewhere the loop is an ordinary ``lax.while_loop``, and the results are the same up to rounding
-(one kernel may order a reduction's sums differently).
+Otherwise the function's equations are inlined as they are. One kernel may order a reduction's sums
+differently, so results agree with the multi-kernel program up to rounding.
 """
 
 import os
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
-from jax import lax
 from jax.extend import core as jex_core
 from jax.interpreters import ad, batching, mlir
 
@@ -42,13 +42,13 @@ SINGLE_KERNEL_BELOW = int(os.environ.get("JAXSECOND_SINGLE_KERNEL_BELOW", 4096))
 # (``dot_general`` with an operand made only of batch and contracting dimensions) become reductions,
 # and a scatter of one window (``x.at[i].set(v)``) becomes a dynamic update of a slice.
 _ELEMENTWISE = {
-    "abs", "acos", "add_any", "bitcast_convert_type", "acosh", "add", "and", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil",
-    "clamp", "convert_element_type", "copy", "copy_p", "cos", "cosh", "digamma", "div", "eq", "erf",
-    "erf_inv", "erfc", "exp", "exp2", "expm1", "floor", "ge", "gt", "imag", "integer_pow", "is_finite",
-    "le", "lgamma", "log", "log1p", "logistic", "lt", "max", "min", "mul", "ne", "neg", "nextafter",
-    "not", "or", "pow", "real", "reduce_precision", "rem", "round", "rsqrt", "select_n", "shift_left",
-    "shift_right_arithmetic", "shift_right_logical", "sign", "sin", "sinh", "sqrt", "square", "sub",
-    "tan", "tanh", "xor", "stop_gradient",
+    "abs", "acos", "acosh", "add", "add_any", "and", "asin", "asinh", "atan", "atan2", "atanh",
+    "bitcast_convert_type", "cbrt", "ceil", "clamp", "convert_element_type", "copy", "copy_p", "cos",
+    "cosh", "digamma", "div", "eq", "erf", "erf_inv", "erfc", "exp", "exp2", "expm1", "floor", "ge",
+    "gt", "imag", "integer_pow", "is_finite", "le", "lgamma", "log", "log1p", "logistic", "lt", "max",
+    "min", "mul", "ne", "neg", "nextafter", "not", "or", "pow", "real", "reduce_precision", "rem",
+    "round", "rsqrt", "select_n", "shift_left", "shift_right_arithmetic", "shift_right_logical", "sign",
+    "sin", "sinh", "sqrt", "square", "stop_gradient", "sub", "tan", "tanh", "xor",
 }
 _STRUCTURAL = {
     "broadcast_in_dim", "concatenate", "dynamic_slice", "dynamic_update_slice", "expand_dims", "gather",
@@ -80,7 +80,7 @@ def _is_single_window_scatter(eqn) -> bool:
 
 
 _REWRITTEN = {"dot_general": _is_vector_product, "scatter": _is_single_window_scatter,
-              "scatter-add": _is_single_window_scatter, "scatter_add": _is_single_window_scatter}
+              "scatter-add": _is_single_window_scatter}
 
 
 def _sub_jaxprs(params):
@@ -130,26 +130,30 @@ def _mark_lowering(ctx, x):
 mlir.register_lowering(_mark_p, _mark_lowering, cacheable=False)
 
 
-def while_loop(cond_fun: Callable, body_fun: Callable, init: Any) -> Any:
-    """``lax.while_loop(cond_fun, body_fun, init)``, compiled into one kernel on the CPU when small.
+def call(fun: Callable, *args: Any) -> Any:
+    """``fun(*args)``, compiled into one kernel on the CPU when it is small enough (see the module).
+
+    ``fun`` is traced once; where the conditions do not hold its equations are inlined as they are.
 
     Args:
-      cond_fun, body_fun, init: as for ``lax.while_loop``.
+      fun: a function of arrays (pytrees) to arrays (a pytree).
+      *args: its arguments.
 
     Returns:
-      The final loop state, as ``lax.while_loop`` returns it.
+      ``fun(*args)``.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> int(while_loop(lambda i: i < 10, lambda i: i + 1, jnp.int32(0)))
+      >>> from jax import lax
+      >>> int(call(lambda i: lax.while_loop(lambda i: i < 10, lambda i: i + 1, i), jnp.int32(0)))
       10
     """
-    def loop(state):
-        return lax.while_loop(cond_fun, body_fun, state)
-
-    if SINGLE_KERNEL_BELOW <= 0 or jax.default_backend() != "cpu":
-        return loop(init)
-    closed = jax.make_jaxpr(loop)(init)
-    if not _fits_one_kernel(closed.jaxpr, SINGLE_KERNEL_BELOW):
-        return loop(init)
-    return jax.tree.map(_mark_p.bind, jax.jit(loop)(init))
+    closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
+    traced = jex_core.jaxpr_as_fun(closed)
+    leaves = jax.tree.leaves(args)
+    small = SINGLE_KERNEL_BELOW > 0 and jax.default_backend() == "cpu"
+    if small and _fits_one_kernel(closed.jaxpr, SINGLE_KERNEL_BELOW):
+        out = [_mark_p.bind(v) for v in jax.jit(traced)(*leaves)]
+    else:
+        out = traced(*leaves)
+    return jax.tree.unflatten(jax.tree.structure(out_shape), out)

@@ -30,8 +30,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsecond import _single_kernel as single_kernel
-
 __all__ = [
     "CurveBallState",
     "curveball",
@@ -925,7 +923,7 @@ def run_curveball(value_and_grad, fun, x0, options, *, damping_interval=5, disp=
         x0, jnp.asarray(f0, x0.dtype), g0, opt.init(x0), jnp.zeros((), jnp.int32),
         jnp.ones((), jnp.int32), jnp.int32(Status.RUNNING),
     )
-    final = single_kernel.while_loop(lambda s: s.status == Status.RUNNING, body, check(init, True))
+    final = jax.lax.while_loop(lambda s: s.status == Status.RUNNING, body, check(init, True))
     if disp:
         jax.debug.callback(_print_final, final.status, final.nit, final.nfev, final.f)
     return final.x, final.f, final.g, final.nit, final.nfev, final.status

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
 
-from jaxsecond import _single_kernel as single_kernel
 from jaxsecond import linesearch as ls_lib
 from jaxsecond.bounds import max_step_in_box, project, projected_gradient
 from jaxsecond.convergence import MESSAGES, Status, l1_at_rounding_level, stop_requested
@@ -439,7 +438,7 @@ def run_descent(
         nit=jnp.zeros((), jnp.int32), nfev=jnp.zeros((), jnp.int32), status=jnp.int32(Status.RUNNING),
         need_direction=false, forget=false, longest=jnp.asarray(jnp.inf, dtype), flat=false,
     )
-    final = single_kernel.while_loop(lambda s: s.status == Status.RUNNING, body, init)
+    final = lax.while_loop(lambda s: s.status == Status.RUNNING, body, init)
     if disp:
         jax.debug.callback(_print_final, final.status, final.nit, final.nfev, final.f)
     return DescentResult(final.x, final.f, final.g, final.nit, final.nfev, final.status)

@@ -24,6 +24,7 @@ from jax.flatten_util import ravel_pytree
 from jax.experimental import io_callback
 from jax.tree_util import keystr, tree_flatten_with_path
 
+from jaxsecond import _single_kernel as single_kernel
 from jaxsecond import conjugate_gradient, newton, quasi_newton, trust_region
 from jaxsecond.curveball import run_curveball
 from jaxsecond.bounds import broadcast_bounds
@@ -707,9 +708,10 @@ def _solve(problem, config, x0, args, lower, upper, numeric):
 
     # Derivatives with respect to args (and the arrays fun captures, and the bounds) by the implicit
     # function theorem, not through the loop.
-    x, f, g, nit, nfev, status = differentiable_solve(solve, flat_value_and_grad)(
-        jnp.clip(x_flat, lo, up), args, lo, up, numeric
-    )
+    # On a CPU, a small solve is compiled into one kernel (see jaxsecond._single_kernel).
+    x, f, g, nit, nfev, status = differentiable_solve(
+        functools.partial(single_kernel.call, solve), flat_value_and_grad
+    )(jnp.clip(x_flat, lo, up), args, lo, up, numeric)
     return OptimizeResult(
         x=unravel(x), fun=f, jac=unravel(g), nit=nit, nfev=nfev,
         njev=nit + 1 if method == "curveball" else nfev, status=status,

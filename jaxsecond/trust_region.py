@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from jaxsecond import _single_kernel as single_kernel
 from jaxsecond.convergence import Status, status_at_iterate, stop_requested
 from jaxsecond.descent import DescentOptions, DescentResult, _print_final
 from jaxsecond.newton import hessian_vector_product
@@ -185,7 +184,7 @@ def run_trust_region(
         p=jnp.zeros_like(x0), predicted=zero, hits_boundary=jnp.zeros((), bool),
         nit=jnp.zeros((), jnp.int32), nfev=jnp.zeros((), jnp.int32), status=jnp.int32(Status.RUNNING),
     )
-    final = single_kernel.while_loop(lambda s: s.status == Status.RUNNING, body, init)
+    final = lax.while_loop(lambda s: s.status == Status.RUNNING, body, init)
     if disp:
         jax.debug.callback(_print_final, final.status, final.nit, final.nfev, final.f)
     return DescentResult(final.x, final.f, final.g, final.nit, final.nfev, final.status)

@@ -21,8 +21,8 @@ def _marked(fun, *args) -> bool:
 
 def _loop(step, init, trips=5):
     """``trips`` applications of ``step`` through the loop under test."""
-    out = single_kernel.while_loop(lambda s: s[0] < trips, lambda s: (s[0] + 1, step(s[1])), (0, init))
-    return out[1]
+    loop = lambda state: lax.while_loop(lambda s: s[0] < trips, lambda s: (s[0] + 1, step(s[1])), state)
+    return single_kernel.call(loop, (0, init))[1]
 
 
 def _plain(step, init, trips=5):
