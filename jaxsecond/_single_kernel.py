@@ -52,10 +52,10 @@ _ELEMENTWISE = {
 }
 _STRUCTURAL = {
     "broadcast_in_dim", "concatenate", "dynamic_slice", "dynamic_update_slice", "expand_dims", "gather",
-    "iota", "pad", "reshape", "rev", "slice", "split", "squeeze", "stack", "tile", "transpose",
+    "iota", "pad", "reshape", "rev", "slice", "split", "squeeze", "stack", "tile", "transpose", "unstack",
 }
 _REDUCTIONS = {
-    "argmax", "argmin", "reduce_and", "reduce_max", "reduce_min", "reduce_or", "reduce_prod",
+    "argmax", "argmin", "cumsum", "reduce_and", "reduce_max", "reduce_min", "reduce_or", "reduce_prod",
     "reduce_sum", "reduce_xor",
 }
 _CONTROL = {

@@ -43,6 +43,9 @@ ALLOWED_STEPS = {
     "inner_while": (lambda x: lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 0.9), (0, x))[1],
                     jnp.linspace(-1, 1, n)),
     "integers": (lambda x: (x * 3 + 1) % 7, jnp.arange(n, dtype=jnp.int32)),
+    "cumulative_sum": (lambda x: jnp.cumsum(x) / n, jnp.linspace(-1, 1, n)),
+    "gradient_of_stacked": (lambda x: x - 0.01 * jax.grad(lambda v: jnp.sum(jnp.stack([v[0] * v[1], v[1]]) ** 2))(x),
+                            jnp.linspace(-1, 1, n)),  # grad transposes stack into unstack
 }
 
 
