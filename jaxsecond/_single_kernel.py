@@ -15,8 +15,9 @@ pass's conditions and stricter ones of our own:
 - the function (with everything it calls) uses only primitives from an allow-list that XLA's
   elemental emitter compiles (no linear algebra, sort, scatter of several indices, FFT, callback,
   random bits);
-- no array in it has :data:`SINGLE_KERNEL_BELOW` elements or more: one kernel runs on one thread,
-  and XLA hands larger reductions to its YNNPACK fusions, which the single-function emitter lacks;
+- no reduction (inner products included) reads :data:`SINGLE_KERNEL_BELOW` elements or more (XLA
+  hands those to its YNNPACK fusions, which the single-function emitter lacks), and no array has 16
+  times that or more (one kernel runs on one thread);
 - the default backend is the CPU, and the call is not batched by ``vmap`` (the mark is dropped by its
   batching rule: under ``vmap`` the sizes checked here would be multiplied by the batch).
 
@@ -31,9 +32,10 @@ import jax
 from jax.extend import core as jex_core
 from jax.interpreters import ad, batching, mlir
 
-# Loops whose arrays all have fewer elements than this are compiled into one kernel on the CPU; 0
-# turns it off. Read when a solve is traced; set from the environment variable of the same name
-# (prefixed JAXSECOND_) at import. XLA:CPU gives reductions of 4096 elements or more to YNNPACK.
+# Functions whose reductions all read fewer elements than this (and whose arrays have fewer than 16
+# times as many) are compiled into one kernel on the CPU; 0 turns it off. Read when a solve is traced;
+# set from the environment variable of the same name (prefixed JAXSECOND_) at import. XLA:CPU gives
+# reductions of 4096 elements or more to YNNPACK.
 SINGLE_KERNEL_BELOW = int(os.environ.get("JAXSECOND_SINGLE_KERNEL_BELOW", 4096))
 
 # Primitives XLA's elemental IR emitter compiles inside one function: elementwise arithmetic,
@@ -65,12 +67,16 @@ _CONTROL = {
 _ALLOWED = _ELEMENTWISE | _STRUCTURAL | _REDUCTIONS | _CONTROL
 
 
-def _is_vector_product(eqn) -> bool:
-    """Whether a ``dot_general`` has an operand made only of batch and contracting dimensions."""
+def _vector_operands(eqn) -> tuple:
+    """For a ``dot_general``: whether each operand is made only of batch and contracting dimensions."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
     lhs, rhs = (v.aval for v in eqn.invars)
-    return (len(lhs_contract) + len(lhs_batch) == lhs.ndim
-            or len(rhs_contract) + len(rhs_batch) == rhs.ndim)
+    return (len(lhs_contract) + len(lhs_batch) == lhs.ndim, len(rhs_contract) + len(rhs_batch) == rhs.ndim)
+
+
+def _is_vector_product(eqn) -> bool:
+    """Whether a ``dot_general`` multiplies by a vector (XLA rewrites it as a reduction)."""
+    return any(_vector_operands(eqn))
 
 
 def _is_single_window_scatter(eqn) -> bool:
@@ -92,16 +98,23 @@ def _sub_jaxprs(params):
                 yield item
 
 
+def _reduces(eqn) -> bool:
+    """Whether an equation is a reduction, as XLA sees it (an inner product is one)."""
+    if eqn.primitive.name == "dot_general":
+        return all(_vector_operands(eqn))
+    return eqn.primitive.name in _REDUCTIONS
+
+
 def _fits_one_kernel(jaxpr, limit: int) -> bool:
-    """Whether every equation (recursively) is allowed and every array has fewer than ``limit``
-    elements."""
+    """Whether every equation (recursively) is allowed, every reduction reads fewer than ``limit``
+    elements and every array has fewer than ``16 * limit``."""
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name not in _ALLOWED and not (name in _REWRITTEN and _REWRITTEN[name](eqn)):
             return False
-        for var in (*eqn.invars, *eqn.outvars):
-            if getattr(var.aval, "size", 0) >= limit:
-                return False
+        sizes = [getattr(var.aval, "size", 0) for var in (*eqn.invars, *eqn.outvars)]
+        if max(sizes, default=0) >= 16 * limit or (_reduces(eqn) and max(sizes) >= limit):
+            return False
         if not all(_fits_one_kernel(sub, limit) for sub in _sub_jaxprs(eqn.params)):
             return False
     return True

@@ -29,23 +29,25 @@ def _plain(step, init, trips=5):
     return lax.fori_loop(0, trips, lambda i, x: step(x), init)
 
 
-n = single_kernel.SINGLE_KERNEL_BELOW - 1
+n = single_kernel.SINGLE_KERNEL_BELOW - 1  # the longest reduction admitted
+N = 16 * single_kernel.SINGLE_KERNEL_BELOW - 1  # the largest array admitted
 # Each step uses one of the forms the allow-list admits, at the largest size it admits.
 ALLOWED_STEPS = {
-    "elementwise": (lambda x: jnp.tanh(x) * 0.5 + jnp.where(x > 0, x, 0.1 * x) ** 2, jnp.linspace(-1, 1, n)),
+    "elementwise": (lambda x: jnp.tanh(x) * 0.5 + jnp.where(x > 0, x, 0.1 * x) ** 2, jnp.linspace(-1, 1, N)),
     "reduction": (lambda x: x - 1e-3 * jnp.sum(x * x) * x + jnp.max(x) * 1e-3, jnp.linspace(-1, 1, n)),
+    "row_reduction": (lambda x: x - 1e-3 * jnp.repeat(jnp.sum(x.reshape(3, -1), axis=1), n // 3), jnp.linspace(-1, 1, n)),
     "vector_dot": (lambda x: x * (1 - 1e-4 * (x @ x)), jnp.linspace(-1, 1, n)),
-    "matrix_vector": (lambda x: x - 1e-4 * jnp.tile(x.reshape(3, -1).T @ (x.reshape(3, -1) @ x[:n // 3]), 3),
-                      jnp.linspace(-1, 1, n)),
-    "scatter_one": (lambda x: x.at[jnp.argmax(x)].set(0.0).at[-1].add(1.0), jnp.linspace(-1, 1, n)),
-    "gather_slices": (lambda x: jnp.concatenate([x[1:], x[:1]]) + x[jnp.array([3, 1, 2])].sum(), jnp.linspace(-1, 1, n)),
-    "cond": (lambda x: lax.cond(x[0] > 0, lambda: x * 0.5, lambda: x + 1.0), jnp.linspace(-1, 1, n)),
+    "matrix_vector": (lambda x: x - 1e-6 * jnp.tile(x.reshape(15, -1).T @ (x.reshape(15, -1) @ x[:N // 15]), 15),
+                      jnp.linspace(-1, 1, N)),
+    "scatter_one": (lambda x: x.at[jnp.argmax(x[:n])].set(0.0).at[-1].add(1.0), jnp.linspace(-1, 1, N)),
+    "gather_slices": (lambda x: jnp.concatenate([x[1:], x[:1]]) + x[jnp.array([3, 1, 2])].sum(), jnp.linspace(-1, 1, N)),
+    "cond": (lambda x: lax.cond(x[0] > 0, lambda: x * 0.5, lambda: x + 1.0), jnp.linspace(-1, 1, N)),
     "inner_while": (lambda x: lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 0.9), (0, x))[1],
-                    jnp.linspace(-1, 1, n)),
-    "integers": (lambda x: (x * 3 + 1) % 7, jnp.arange(n, dtype=jnp.int32)),
+                    jnp.linspace(-1, 1, N)),
+    "integers": (lambda x: (x * 3 + 1) % 7, jnp.arange(N, dtype=jnp.int32)),
     "cumulative_sum": (lambda x: jnp.cumsum(x) / n, jnp.linspace(-1, 1, n)),
     "gradient_of_stacked": (lambda x: x - 0.01 * jax.grad(lambda v: jnp.sum(jnp.stack([v[0] * v[1], v[1]]) ** 2))(x),
-                            jnp.linspace(-1, 1, n)),  # grad transposes stack into unstack
+                            jnp.linspace(-1, 1, N)),  # grad transposes stack into unstack
 }
 
 
@@ -63,7 +65,8 @@ def test_allowed_forms_compile_marked_and_match_the_plain_loop(name, dtype):
 
 
 @pytest.mark.parametrize("name, step", [
-    ("too_large", lambda x: jnp.concatenate([x, x]).reshape(2, -1).sum(0)),
+    ("too_large", lambda x: jnp.concatenate([x, x])[::2] * 2.0),
+    ("reduction_too_long", lambda x: x - 1e-3 * jnp.sum(jnp.concatenate([x, x[:1]]))),
     ("sort", lambda x: jnp.sort(x)),
     ("matrix_product", lambda x: jnp.tile((x.reshape(2, 4) @ x.reshape(4, 2)).ravel(), 2)),
     ("scatter_two", lambda x: x.at[jnp.array([0, 2])].add(1.0)),
@@ -71,7 +74,7 @@ def test_allowed_forms_compile_marked_and_match_the_plain_loop(name, dtype):
     ("linear_algebra", lambda x: jnp.linalg.solve(jnp.eye(2) + x[:4].reshape(2, 2) ** 2, x[:2]).sum() + x),
 ])
 def test_loops_outside_the_allow_list_are_left_to_xla(name, step):
-    x = jnp.linspace(-1, 1, n if name == "too_large" else 8)
+    x = jnp.linspace(-1, 1, {"too_large": N // 2 + 1, "reduction_too_long": n}.get(name, 8))
     assert not _marked(lambda x: _loop(step, x), x)
     jax.jit(lambda x: _loop(step, x))(x).block_until_ready()
 
