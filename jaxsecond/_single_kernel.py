@@ -34,9 +34,11 @@ from jax.interpreters import ad, batching, mlir
 
 # Functions whose reductions all read fewer elements than this (and whose arrays have fewer than 16
 # times as many) are compiled into one kernel on the CPU; 0 turns it off. Read when a solve is traced;
-# set from the environment variable of the same name (prefixed JAXSECOND_) at import. XLA:CPU gives
-# reductions of 4096 elements or more to YNNPACK.
-SINGLE_KERNEL_BELOW = int(os.environ.get("JAXSECOND_SINGLE_KERNEL_BELOW", 4096))
+# set from the environment variable of the same name (prefixed JAXSECOND_) at import, and never above
+# 4096: XLA:CPU gives reductions of 4096 elements or more to YNNPACK, which one kernel cannot hold.
+_YNN_REDUCTIONS_FROM = 4096
+SINGLE_KERNEL_BELOW = min(int(os.environ.get("JAXSECOND_SINGLE_KERNEL_BELOW", _YNN_REDUCTIONS_FROM)),
+                          _YNN_REDUCTIONS_FROM)
 
 # Primitives XLA's elemental IR emitter compiles inside one function: elementwise arithmetic,
 # comparisons, conversions, shape manipulation, slicing, gathers, reductions, control flow. Two more
@@ -120,27 +122,37 @@ def _fits_one_kernel(jaxpr, limit: int) -> bool:
     return True
 
 
-# An identity whose lowering marks the call that produced its operand; dropped under ``vmap``.
+# An identity over a call's inputs and outputs whose lowering marks the call that produced the
+# outputs. Bound over both, so that it meets ``vmap`` whenever the call does (a batching rule runs when
+# any operand is batched): there it is dropped, as the sizes checked were those of one problem.
 _mark_p = jex_core.Primitive("jaxsecond_single_kernel_mark")
-_mark_p.def_impl(lambda x: x)
-_mark_p.def_abstract_eval(lambda aval: aval)
-batching.primitive_batchers[_mark_p] = lambda args, dims: (args[0], dims[0])
-ad.deflinear2(_mark_p, lambda cotangent, _: (cotangent,))
+_mark_p.multiple_results = True
+_mark_p.def_impl(lambda *values, num_inputs: values)
+_mark_p.def_abstract_eval(lambda *avals, num_inputs: avals)
+batching.primitive_batchers[_mark_p] = lambda args, dims, num_inputs: (args, dims)
+ad.primitive_jvps[_mark_p] = lambda primals, tangents, num_inputs: (primals, tangents)
+_CALLEE = "jaxsecond_one_kernel"
 
 
-def _mark_lowering(ctx, x):
-    owner = x.owner
-    op = None if owner is None or isinstance(owner, mlir.ir.Block) else owner.operation
-    if op is not None and op.name == "func.call":
-        op.attributes["mhlo.frontend_attributes"] = mlir.ir.DictAttr.get({
-            "xla_cpu_small_call": mlir.ir.StringAttr.get("true"),
-            # Keeps XLA's call inliner from dissolving the call before the CPU backend sees it.
-            "inlineable": mlir.ir.StringAttr.get("false"),
-        })
-    return [x]
+def _mark_lowering(ctx, *values, num_inputs):
+    for value in values[num_inputs:]:
+        owner = value.owner
+        op = None if owner is None or isinstance(owner, mlir.ir.Block) else owner.operation
+        if op is None or op.name != "func.call" or _CALLEE not in str(op.attributes["callee"]):
+            continue  # not the call traced below (an output forwarded from elsewhere)
+        attributes = {}
+        if "mhlo.frontend_attributes" in op.attributes:
+            existing = mlir.ir.DictAttr(op.attributes["mhlo.frontend_attributes"])
+            attributes = {existing[i].name: existing[i].attr for i in range(len(existing))}
+        attributes["xla_cpu_small_call"] = mlir.ir.StringAttr.get("true")
+        # Keeps XLA's call inliner from dissolving the call before the CPU backend sees it.
+        attributes["inlineable"] = mlir.ir.StringAttr.get("false")
+        op.attributes["mhlo.frontend_attributes"] = mlir.ir.DictAttr.get(attributes)
+    return list(values)
 
 
-mlir.register_lowering(_mark_p, _mark_lowering, cacheable=False)
+mlir.register_lowering(_mark_p, lambda ctx, *values, num_inputs: list(values))
+mlir.register_lowering(_mark_p, _mark_lowering, platform="cpu", cacheable=False)
 
 
 def call(fun: Callable, *args: Any) -> Any:
@@ -166,7 +178,11 @@ def call(fun: Callable, *args: Any) -> Any:
     leaves = jax.tree.leaves(args)
     small = SINGLE_KERNEL_BELOW > 0 and jax.default_backend() == "cpu"
     if small and _fits_one_kernel(closed.jaxpr, SINGLE_KERNEL_BELOW):
-        out = [_mark_p.bind(v) for v in jax.jit(traced)(*leaves)]
+        def jaxsecond_one_kernel(*inputs):  # the callee's name identifies the call to mark
+            return traced(*inputs)
+
+        out = jax.jit(jaxsecond_one_kernel)(*leaves)
+        out = _mark_p.bind(*leaves, *out, num_inputs=len(leaves))[len(leaves):]
     else:
         out = traced(*leaves)
     return jax.tree.unflatten(jax.tree.structure(out_shape), out)

@@ -149,9 +149,10 @@ def run_trust_region(
         nfev = state.nfev + 1
         actual = state.f - f_trial
         # Both reductions shifted by the rounding level of f (Conn, Gould & Toint 2000, section
-        # 17.4.2): a step whose predicted reduction f cannot resolve is judged by the model, not by
-        # which way f's last bits happen to round.
-        shift = 10 * jnp.finfo(dtype).eps * jnp.maximum(1.0, jnp.abs(state.f))
+        # 17.4.2, without their floor of 1, so that no increase beyond f's own rounding is accepted
+        # when |f| is small): a step whose predicted reduction f cannot resolve is judged by the
+        # model, not by which way f's last bits happen to round.
+        shift = 10 * jnp.finfo(dtype).eps * jnp.abs(state.f)
         rho = jnp.where(jnp.isfinite(f_trial), (actual + shift) / (state.predicted + shift), -jnp.inf)
         radius = jnp.where(
             rho < 0.25,
