@@ -91,15 +91,6 @@ _REWRITTEN = {"dot_general": _is_vector_product, "scatter": _is_single_window_sc
               "scatter-add": _is_single_window_scatter}
 
 
-def _sub_jaxprs(params):
-    for value in params.values():
-        for item in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(item, jex_core.ClosedJaxpr):
-                yield item.jaxpr
-            elif isinstance(item, jex_core.Jaxpr):
-                yield item
-
-
 def _reduces(eqn) -> bool:
     """Whether an equation is a reduction, as XLA sees it (an inner product is one)."""
     if eqn.primitive.name == "dot_general":
@@ -117,7 +108,7 @@ def _fits_one_kernel(jaxpr, limit: int) -> bool:
         sizes = [getattr(var.aval, "size", 0) for var in (*eqn.invars, *eqn.outvars)]
         if max(sizes, default=0) >= 16 * limit or (_reduces(eqn) and max(sizes) >= limit):
             return False
-        if not all(_fits_one_kernel(sub, limit) for sub in _sub_jaxprs(eqn.params)):
+        if not all(_fits_one_kernel(sub, limit) for sub in jex_core.jaxprs_in_params(eqn.params)):
             return False
     return True
 
