@@ -13,24 +13,33 @@ the call ourselves (the whole solve, so that its set-up and result are in the ke
 pass's conditions and stricter ones of our own:
 
 - the function (with everything it calls) uses only primitives from an allow-list that XLA's
-  elemental emitter compiles (no linear algebra, sort, scatter of several indices, FFT, callback,
-  random bits);
+  elemental emitter compiles (no sort, FFT, callback or random bits), or primitives given a loop of
+  such forms in :mod:`jaxsecond._loop_forms` (matrix products, triangular solves, Cholesky, the
+  batched one-index updates of ``vmap``); the kernel is then compiled from the function with those
+  loops in their place;
 - no reduction (inner products included) reads :data:`SINGLE_KERNEL_BELOW` elements or more (XLA
   hands those to its YNNPACK fusions, which the single-function emitter lacks), and no array has 16
   times that or more (one kernel runs on one thread);
-- the default backend is the CPU, and the call is not batched by ``vmap`` (the mark is dropped by its
-  batching rule: under ``vmap`` the sizes checked here would be multiplied by the batch).
+- the default backend is the CPU.
 
-Otherwise the function's equations are inlined as they are. One kernel may order a reduction's sums
+The call is a primitive holding the function's jaxpr: under ``vmap`` its batching rule traces the
+batched function and judges it again, on the batched sizes; its derivative is the plain function's,
+and evaluated eagerly (``jax.disable_jit``) it is the plain function. Where the conditions do not
+hold, the function's equations are inlined as they are. One kernel may order a reduction's sums
 differently, so results agree with the multi-kernel program up to rounding.
 """
 
+import functools
 import os
 from typing import Any, Callable
 
 import jax
 from jax.extend import core as jex_core
+import jax.numpy as jnp
+from jax import lax
 from jax.interpreters import ad, batching, mlir
+
+from jaxsecond import _loop_forms as loop_forms
 
 # Functions whose reductions all read fewer elements than this (and whose arrays have fewer than 16
 # times as many) are compiled into one kernel on the CPU; 0 turns it off. Read when a solve is traced;
@@ -63,7 +72,7 @@ _REDUCTIONS = {
     "reduce_sum", "reduce_xor",
 }
 _CONTROL = {
-    "cond", "while", "pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
+    "cond", "while", "scan", "pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
     "custom_vjp_call_jaxpr", "remat", "checkpoint", "optimization_barrier", "name",
 }
 _ALLOWED = _ELEMENTWISE | _STRUCTURAL | _REDUCTIONS | _CONTROL
@@ -95,7 +104,7 @@ def _reduces(eqn) -> bool:
     """Whether an equation is a reduction, as XLA sees it (an inner product is one)."""
     if eqn.primitive.name == "dot_general":
         return all(_vector_operands(eqn))
-    return eqn.primitive.name in _REDUCTIONS
+    return eqn.primitive.name in _REDUCTIONS and eqn.primitive.name != "cumsum"  # a window reduction
 
 
 def _fits_one_kernel(jaxpr, limit: int) -> bool:
@@ -113,43 +122,205 @@ def _fits_one_kernel(jaxpr, limit: int) -> bool:
     return True
 
 
-# An identity over a call's inputs and outputs whose lowering marks the call that produced the
-# outputs. Bound over both, so that it meets ``vmap`` whenever the call does (a batching rule runs when
-# any operand is batched): there it is dropped, as the sizes checked were those of one problem.
-_mark_p = jex_core.Primitive("jaxsecond_single_kernel_mark")
-_mark_p.multiple_results = True
-_mark_p.def_impl(lambda *values, num_inputs: values)
-_mark_p.def_abstract_eval(lambda *avals, num_inputs: avals)
-batching.primitive_batchers[_mark_p] = lambda args, dims, num_inputs: (args, dims)
-ad.primitive_jvps[_mark_p] = lambda primals, tangents, num_inputs: (primals, tangents)
+# Primitives outside the allow-list that have a loop form (jaxsecond._loop_forms) for small operands.
+_LOOP_FORMS = {
+    "dot_general": loop_forms.dot_general, "triangular_solve": loop_forms.triangular_solve,
+    "cholesky": loop_forms.cholesky, "scatter": loop_forms.batched_scatter,
+    "scatter-add": functools.partial(loop_forms.batched_scatter, add=True),
+}
+_INLINED = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
+            "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "checkpoint": "jaxpr"}
+
+
+def _platform_index_on_cpu(platforms, has_default=True, **_):
+    """The branch that ``lax.platform_dependent`` takes on the CPU."""
+    for i, names in enumerate(platforms):
+        if names is not None and "cpu" in names:
+            return i
+    return len(platforms) - 1  # the default branch (listed as None, last)
+
+
+def _allowed(eqn) -> bool:
+    name = eqn.primitive.name
+    return name in _ALLOWED or (name in _REWRITTEN and _REWRITTEN[name](eqn))
+
+
+def _needs_loop_form(eqn) -> bool:
+    """Whether the equation is, or (through control flow or calls) holds one, outside the allow-list."""
+    return not _allowed(eqn) or any(_needs_loop_forms(sub) for sub in jex_core.jaxprs_in_params(eqn.params))
+
+
+def _needs_loop_forms(jaxpr) -> bool:
+    return any(_needs_loop_form(eqn) for eqn in jaxpr.eqns)
+
+
+def _has_loop_forms(jaxpr) -> bool:
+    """Whether every equation (recursively) is allowed or has a loop form."""
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if not (_allowed(eqn) or name in _LOOP_FORMS or name == "platform_index"):
+            return False
+        if not all(_has_loop_forms(sub) for sub in jex_core.jaxprs_in_params(eqn.params)):
+            return False
+    return True
+
+
+def _with_loop_forms(jaxpr, consts, *args):
+    """Evaluates ``jaxpr`` with each primitive outside the allow-list replaced by its loop form (inside
+    control flow and calls too); raises ``loop_forms.Unsupported`` where there is none."""
+    env = dict(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    read = lambda v: v.val if isinstance(v, jex_core.Literal) else env[v]
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        name, params = eqn.primitive.name, eqn.params
+        avals = [v.aval for v in eqn.outvars]
+        if not _needs_loop_form(eqn):  # bound as it is, as jax.core.eval_jaxpr binds it
+            outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
+        elif name in _LOOP_FORMS:
+            extra = {"out_avals": avals} if eqn.primitive.multiple_results else {"out_aval": avals[0]}
+            outs = _LOOP_FORMS[name](*invals, **params, **extra)
+        elif name == "platform_index":
+            outs = jnp.int32(_platform_index_on_cpu(**params))
+        elif name in _INLINED:
+            sub = params[_INLINED[name]]
+            closed = sub if isinstance(sub, jex_core.ClosedJaxpr) else jex_core.ClosedJaxpr(sub, [])
+            outs = _with_loop_forms(closed.jaxpr, closed.consts, *invals)
+        elif name == "while":
+            cond, body = params["cond_jaxpr"], params["body_jaxpr"]
+            nc, nb = params["cond_nconsts"], params["body_nconsts"]
+            cond_consts, body_consts, init = invals[:nc], invals[nc:nc + nb], invals[nc + nb:]
+            test = lambda c: _with_loop_forms(cond.jaxpr, cond.consts, *cond_consts, *c)[0]
+            step = lambda c: tuple(_with_loop_forms(body.jaxpr, body.consts, *body_consts, *c))
+            if cond.out_avals[0].shape:  # batched by vmap: what jax's lowering of such a loop does
+                def step(c, step=step):
+                    going = test(c)
+                    return tuple(jnp.where(going.reshape(going.shape + (1,) * (x.ndim - going.ndim)), new, x)
+                                 for new, x in zip(step(c), c))
+                outs = list(lax.while_loop(lambda c: jnp.any(test(c)), step, tuple(init)))
+            else:
+                outs = list(lax.while_loop(test, step, tuple(init)))
+        elif name == "cond":
+            branches = [functools.partial(lambda br, *ops: tuple(_with_loop_forms(br.jaxpr, br.consts, *ops)), br)
+                        for br in params["branches"]]
+            outs = list(lax.switch(invals[0], branches, *invals[1:]))
+        else:
+            raise loop_forms.Unsupported(name)
+        outs = outs if eqn.primitive.multiple_results else [outs]
+        env.update(zip(eqn.outvars, outs))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _kernel(closed, limit):
+    """The jaxpr to compile into one kernel: ``closed`` itself, or with loop forms in place of the
+    primitives outside the allow-list; ``None`` where neither fits."""
+    if not _needs_loop_forms(closed.jaxpr):
+        return closed if _fits_one_kernel(closed.jaxpr, limit) else None
+    if not _has_loop_forms(closed.jaxpr):
+        return None
+    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
+    try:
+        kernel = jax.make_jaxpr(lambda *a: _with_loop_forms(closed.jaxpr, closed.consts, *a))(*avals)
+    except loop_forms.Unsupported:
+        return None
+    return kernel if _fits_one_kernel(kernel.jaxpr, limit) else None
+
+
+# The call as a primitive that holds the function's closed jaxpr and the kernel's (the same, or with
+# loop forms). Its CPU lowering emits the kernel as a call to a function named ``_CALLEE`` and marks
+# that call; elsewhere it inlines the function.
+_one_kernel_p = jex_core.Primitive("jaxsecond_one_kernel")
+_one_kernel_p.multiple_results = True
 _CALLEE = "jaxsecond_one_kernel"
 
 
-def _mark_lowering(ctx, *values, num_inputs):
-    for value in values[num_inputs:]:
-        owner = value.owner
-        op = None if owner is None or isinstance(owner, mlir.ir.Block) else owner.operation
-        if op is None or op.name != "func.call" or _CALLEE not in str(op.attributes["callee"]):
-            continue  # not the call traced below (an output forwarded from elsewhere)
-        attributes = {}
-        if "mhlo.frontend_attributes" in op.attributes:
-            existing = mlir.ir.DictAttr(op.attributes["mhlo.frontend_attributes"])
-            attributes = {existing[i].name: existing[i].attr for i in range(len(existing))}
-        attributes["xla_cpu_small_call"] = mlir.ir.StringAttr.get("true")
-        # Keeps XLA's call inliner from dissolving the call before the CPU backend sees it.
-        attributes["inlineable"] = mlir.ir.StringAttr.get("false")
-        op.attributes["mhlo.frontend_attributes"] = mlir.ir.DictAttr.get(attributes)
-    return list(values)
+def _evaluate(closed, *operands):
+    return jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *operands)
 
 
-mlir.register_lowering(_mark_p, lambda ctx, *values, num_inputs: list(values))
-mlir.register_lowering(_mark_p, _mark_lowering, platform="cpu", cacheable=False)
+def _hoist_traced_consts(closed):
+    """``closed`` with its traced constants (values of an enclosing trace, which cannot be parameters
+    of a primitive) made leading inputs; those and the closed jaxpr. Concrete constants stay in it (as
+    constants of the kernel, which XLA can fold)."""
+    traced = [isinstance(c, jax.core.Tracer) for c in closed.consts]
+    if not any(traced):
+        return [], closed
+    jaxpr = closed.jaxpr
+    hoisted = [v for v, t in zip(jaxpr.constvars, traced) if t]
+    kept = [(v, c) for v, c, t in zip(jaxpr.constvars, closed.consts, traced) if not t]
+    jaxpr = jaxpr.replace(constvars=[v for v, _ in kept], invars=[*hoisted, *jaxpr.invars])
+    return [c for c, t in zip(closed.consts, traced) if t], jex_core.ClosedJaxpr(jaxpr, [c for _, c in kept])
+
+
+def _batched(operands, dims, *, jaxpr, kernel):
+    out = call(jax.vmap(functools.partial(_evaluate, jaxpr), in_axes=tuple(dims)), *operands)
+    return out, [0] * len(out)
+
+
+def _jvp(primals, tangents, *, jaxpr, kernel):
+    tangents = tuple(ad.instantiate_zeros(t) for t in tangents)
+    return jax.jvp(functools.partial(_evaluate, jaxpr), tuple(primals), tangents)
+
+
+def _mark(value):
+    """Marks the call to ``_CALLEE`` that produced ``value``; whether there was one."""
+    owner = value.owner
+    op = None if owner is None or isinstance(owner, mlir.ir.Block) else owner.operation
+    if op is None or op.name != "func.call" or _CALLEE not in str(op.attributes["callee"]):
+        return False
+    attributes = {}
+    if "mhlo.frontend_attributes" in op.attributes:
+        existing = mlir.ir.DictAttr(op.attributes["mhlo.frontend_attributes"])
+        attributes = {existing[i].name: existing[i].attr for i in range(len(existing))}
+    attributes["xla_cpu_small_call"] = mlir.ir.StringAttr.get("true")
+    # Keeps XLA's call inliner from dissolving the call before the CPU backend sees it.
+    attributes["inlineable"] = mlir.ir.StringAttr.get("false")
+    op.attributes["mhlo.frontend_attributes"] = mlir.ir.DictAttr.get(attributes)
+    return True
+
+
+def _drop_unused_inputs(jaxpr, kernel, operands):
+    """The two jaxprs without the inputs neither reads, and the operands left; ``None`` for the
+    kernel if it still has an unused input (XLA:CPU fails a check when emitting a marked call with an
+    unused parameter)."""
+    def reads(jaxpr):
+        read = {v for eqn in jaxpr.eqns for v in eqn.invars if isinstance(v, jex_core.Var)}
+        return read | {v for v in jaxpr.outvars if isinstance(v, jex_core.Var)}
+
+    read, read_kernel = reads(jaxpr.jaxpr), reads(kernel.jaxpr)
+    kept = [i for i, (v, w) in enumerate(zip(jaxpr.jaxpr.invars, kernel.jaxpr.invars)) if v in read or w in read_kernel]
+    drop = lambda c: jex_core.ClosedJaxpr(c.jaxpr.replace(invars=[c.jaxpr.invars[i] for i in kept]), c.consts)
+    jaxpr, kernel = drop(jaxpr), drop(kernel)
+    if not all(v in read_kernel for v in kernel.jaxpr.invars):
+        kernel = None
+    return jaxpr, kernel, [operands[i] for i in kept]
+
+
+def _cpu_lowering(ctx, *operands, jaxpr, kernel):
+    def jaxsecond_one_kernel(*operands):  # the callee's name identifies the call to mark
+        return _evaluate(kernel, *operands)
+
+    out = mlir.lower_fun(jax.jit(jaxsecond_one_kernel), multiple_results=True)(ctx, *operands)
+    values = [v for group in out for v in (group if isinstance(group, (list, tuple)) else [group])]
+    if values:
+        _mark(values[0])
+    return out
+
+
+_one_kernel_p.def_abstract_eval(lambda *avals, jaxpr, kernel: jaxpr.out_avals)
+_one_kernel_p.def_impl(lambda *operands, jaxpr, kernel: _evaluate(jaxpr, *operands))  # eagerly: unmarked
+batching.primitive_batchers[_one_kernel_p] = _batched
+ad.primitive_jvps[_one_kernel_p] = _jvp
+mlir.register_lowering(_one_kernel_p, mlir.lower_fun(lambda *o, jaxpr, kernel: _evaluate(jaxpr, *o), multiple_results=True),
+                       cacheable=False)
+mlir.register_lowering(_one_kernel_p, _cpu_lowering, platform="cpu", cacheable=False)
 
 
 def call(fun: Callable, *args: Any) -> Any:
     """``fun(*args)``, compiled into one kernel on the CPU when it is small enough (see the module).
 
     ``fun`` is traced once; where the conditions do not hold its equations are inlined as they are.
+    Under ``vmap`` the batched function is traced and judged again.
 
     Args:
       fun: a function of arrays (pytrees) to arrays (a pytree).
@@ -165,15 +336,16 @@ def call(fun: Callable, *args: Any) -> Any:
       10
     """
     closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
-    traced = jex_core.jaxpr_as_fun(closed)
-    leaves = jax.tree.leaves(args)
+    hoisted, closed = _hoist_traced_consts(closed)
+    operands = [*hoisted, *jax.tree.leaves(args)]
     small = SINGLE_KERNEL_BELOW > 0 and jax.default_backend() == "cpu"
-    if small and _fits_one_kernel(closed.jaxpr, SINGLE_KERNEL_BELOW):
-        def jaxsecond_one_kernel(*inputs):  # the callee's name identifies the call to mark
-            return traced(*inputs)
-
-        out = jax.jit(jaxsecond_one_kernel)(*leaves)
-        out = _mark_p.bind(*leaves, *out, num_inputs=len(leaves))[len(leaves):]
+    kernel = _kernel(closed, SINGLE_KERNEL_BELOW) if small else None
+    if kernel is not None:
+        jaxpr, kernel, kept = _drop_unused_inputs(closed, kernel, operands)
+    if kernel is not None:
+        # Through a barrier: XLA:CPU fails a check when emitting a marked call that reads a constant's
+        # buffer (a large array an enclosing jit closed over); behind the barrier it is a value.
+        out = _one_kernel_p.bind(*lax.optimization_barrier(kept), jaxpr=jaxpr, kernel=kernel)
     else:
-        out = traced(*leaves)
+        out = _evaluate(closed, *operands)
     return jax.tree.unflatten(jax.tree.structure(out_shape), out)

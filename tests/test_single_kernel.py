@@ -1,5 +1,6 @@
 """The solver loop compiled into one CPU kernel: when the call is marked, and that marked loops of
-every allowed form compile on this jax and compute what the plain loop computes."""
+every allowed form (and of every primitive given a loop form) compile on this jax and compute what
+the plain loop computes."""
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +47,10 @@ ALLOWED_STEPS = {
     "cond": (lambda x: lax.cond(x[0] > 0, lambda: x * 0.5, lambda: x + 1.0), jnp.linspace(-1, 1, N)),
     "inner_while": (lambda x: lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 0.9), (0, x))[1],
                     jnp.linspace(-1, 1, N)),
+    "scan": (lambda x: lax.fori_loop(0, 3, lambda i, v: v * 0.9 + 0.01 * i, x)  # static bounds: a scan
+             + 1e-3 * jnp.sum(lax.scan(lambda c, v: (c + v, c * v), 0.0, x[:n])[1]), jnp.linspace(-1, 1, N)),
     "integers": (lambda x: (x * 3 + 1) % 7, jnp.arange(N, dtype=jnp.int32)),
-    "cumulative_sum": (lambda x: jnp.cumsum(x) / n, jnp.linspace(-1, 1, n)),
+    "cumulative_sum": (lambda x: jnp.cumsum(x) / N, jnp.linspace(-1, 1, N)),  # a window reduction: any length
     "gradient_of_stacked": (lambda x: x - 0.01 * jax.grad(lambda v: jnp.sum(jnp.stack([v[0] * v[1], v[1]]) ** 2))(x),
                             jnp.linspace(-1, 1, N)),  # grad transposes stack into unstack
 }
@@ -71,32 +74,77 @@ def test_allowed_forms_compile_marked_and_match_the_plain_loop(name, dtype):
     ("too_large", lambda x: jnp.concatenate([x, x])[::2] * 2.0),
     ("reduction_too_long", lambda x: x - 1e-3 * jnp.sum(jnp.concatenate([x, x[:1]]))),
     ("sort", lambda x: jnp.sort(x)),
-    ("matrix_product", lambda x: jnp.tile((x.reshape(2, 4) @ x.reshape(4, 2)).ravel(), 2)),
+    ("product_too_large", lambda x: x + 1e-9 * jnp.sum((x[0] * jnp.ones((70, 70))) @ jnp.ones((70, 70)))),  # 4900 a trip
     ("scatter_two", lambda x: x.at[jnp.array([0, 2])].add(1.0)),
     ("callback", lambda x: (jax.debug.print("{}", x[0]), x)[1]),
-    ("linear_algebra", lambda x: jnp.linalg.solve(jnp.eye(2) + x[:4].reshape(2, 2) ** 2, x[:2]).sum() + x),
+    ("lu_solve", lambda x: jnp.linalg.solve(jnp.eye(2) + x[:4].reshape(2, 2) ** 2, x[:2]).sum() + x),
+    ("batched_cholesky", lambda x: x + jnp.linalg.cholesky(jnp.eye(2) + x[:8].reshape(2, 2, 2) ** 2).sum()),
 ])
 def test_loops_outside_the_allow_list_are_left_to_xla(name, step):
-    x = jnp.linspace(-1, 1, {"too_large": N // 2 + 1, "reduction_too_long": n}.get(name, 8))
+    size = {"too_large": N // 2 + 1, "reduction_too_long": n}.get(name, 8)
+    x = jnp.linspace(-1, 1, size)
     assert not _marked(lambda x: _loop(step, x), x)
     jax.jit(lambda x: _loop(step, x))(x).block_until_ready()
 
 
-def test_the_mark_is_dropped_under_vmap_and_can_be_switched_off(monkeypatch):
+def _spd(x, size):
+    """A symmetric positive definite matrix made from ``x``."""
+    a = x[:size * size].reshape(size, size)
+    return a @ a.T + size * jnp.eye(size, dtype=x.dtype)
+
+
+# Primitives outside the allow-list with a loop form (jaxsecond._loop_forms) in one kernel.
+LOOP_FORM_STEPS = {
+    "matrix_product": lambda x: x * 0.9 + 1e-3 * jnp.tile((x[:40].reshape(5, 8) @ x[:24].reshape(8, 3)).ravel(), 4),
+    "matrix_product_transposed": lambda x: x * 0.9 + 1e-3 * (x[:60].reshape(6, 10).T @ x[:18].reshape(6, 3)).ravel()[:60].sum(),
+    "batched_product": lambda x: x * 0.9 + 1e-3 * jnp.einsum("bij,bkj->bik", x[:24].reshape(2, 3, 4), x[:40].reshape(2, 5, 4)).sum(),
+    "wide_product": lambda x: x * 0.9 + 1e-3 * jnp.sum(x[:8].reshape(2, 4) @ x[:60].reshape(4, 15)),
+    "cholesky": lambda x: x * 0.9 + 1e-3 * jnp.linalg.cholesky(_spd(x, 6)).sum(),
+    "cholesky_solve": lambda x: x * 0.5 + 1e-3 * jnp.tile(jax.scipy.linalg.cho_solve(
+        jax.scipy.linalg.cho_factor(_spd(x, 6), lower=True), x[:6]), 10),
+    "not_positive_definite": lambda x: x * 0.9 + jnp.where(jnp.isnan(jnp.linalg.cholesky(-_spd(x, 3))).all(), 1.0, -1.0),
+}
+TRIANGULAR = [dict(left_side=l, lower=lo, transpose_a=t, unit_diagonal=u)
+              for l in (True, False) for lo in (True, False) for t in (True, False) for u in (True, False)]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("name", sorted(LOOP_FORM_STEPS) + [f"triangular_{i}" for i in range(len(TRIANGULAR))])
+def test_loop_forms_compile_marked_and_match_the_primitives(name, dtype):
+    if name.startswith("triangular"):
+        params = TRIANGULAR[int(name.split("_")[1])]
+        def step(x):
+            a = _spd(x, 5)
+            b = x[:15].reshape(5, 3) if params["left_side"] else x[:15].reshape(3, 5)
+            return x * 0.9 + 1e-3 * lax.linalg.triangular_solve(a, b, **params).sum()
+    else:
+        step = LOOP_FORM_STEPS[name]
+    x = jnp.linspace(-1, 1, 60, dtype=dtype)
+    assert _marked(lambda x: _loop(step, x), x)
+    assert MARK in jax.jit(lambda x: _loop(step, x)).lower(x).compile().as_text()
+    got = jax.jit(lambda x: _loop(step, x))(x)
+    want = jax.jit(lambda x: _plain(step, x))(x)
+    tol = 1e-5 if dtype == jnp.float32 else 1e-12
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol)
+
+
+def test_under_vmap_the_batched_call_is_judged_on_its_batched_sizes(monkeypatch):
     x = jnp.linspace(-1, 1, 8)
     step = lambda x: x * 0.5 + jnp.sum(x)
-    assert _marked(lambda x: _loop(step, x), x)
     batched = jax.vmap(lambda x: _loop(step, x))
-    assert not _marked(batched, jnp.stack([x, 2 * x]))
-    np.testing.assert_allclose(batched(jnp.stack([x, 2 * x])), jnp.stack([_plain(step, x), _plain(step, 2 * x)]),
-                               rtol=1e-6)
+    xs = jnp.stack([x, 2 * x])
+    assert _marked(lambda x: _loop(step, x), x) and _marked(batched, xs)
+    assert MARK in jax.jit(batched).lower(xs).compile().as_text()
+    np.testing.assert_allclose(batched(xs), jnp.stack([_plain(step, x), _plain(step, 2 * x)]), rtol=1e-12)
+    np.testing.assert_allclose(jax.vmap(jax.vmap(lambda x: _loop(step, x)))(xs[None]), batched(xs)[None],
+                               rtol=1e-12)
     monkeypatch.setattr(single_kernel, "SINGLE_KERNEL_BELOW", 0)
     assert not _marked(lambda x: _loop(step, 2 * x), x)
 
 
-def test_the_mark_is_dropped_under_vmap_when_only_some_outputs_are_batched():
-    """A batched call with an unbatched output: marked, it failed to compile (a batch of 4 x 3000
-    reduced at once is beyond the limit checked on one problem)."""
+def test_a_batch_too_large_for_one_kernel_is_left_to_xla():
+    """One problem fits, a batch of four does not (4 x 3000 reduced at once is beyond the limit);
+    marked anyway, it failed to compile. Only some outputs batched."""
     def f(a, b):
         loop = lambda x: lax.while_loop(lambda s: s[0] < 3, lambda s: (s[0] + 1, s[1] * 0.5 + jnp.sum(s[1]) * 1e-3),
                                         (0, x))[1]
@@ -106,6 +154,21 @@ def test_the_mark_is_dropped_under_vmap_when_only_some_outputs_are_batched():
     a, b = jnp.ones((4, 3000)), jnp.ones(3)
     assert _marked(f, a[0], b) and not _marked(batched, a, b)
     np.testing.assert_allclose(batched(a, b)[0], jnp.stack([f(a[0], b)[0]] * 4), rtol=1e-6)
+    np.testing.assert_allclose(batched(a, b)[1], jnp.stack([b + 1] * 4))
+
+
+def test_derivatives_through_the_call_are_the_plain_functions():
+    step = lambda x: jnp.sin(x) * x
+    f = lambda x: _loop(step, x)
+    g = lambda x: _plain(step, x)
+
+    x = jnp.linspace(0.1, 1.0, 5)
+    assert _marked(f, x)
+    np.testing.assert_allclose(jax.jacfwd(f)(x), jax.jacfwd(g)(x), rtol=1e-12)
+    h = lambda x: jnp.sin(x) * x + jnp.sum(x**2)  # no loop: reverse mode
+    assert _marked(lambda x: single_kernel.call(h, x), x)
+    np.testing.assert_allclose(jax.grad(lambda x: single_kernel.call(h, x).sum())(x), jax.grad(lambda x: h(x).sum())(x),
+                               rtol=1e-12)
 
 
 def convex_quartic(x):
@@ -114,7 +177,7 @@ def convex_quartic(x):
     return jnp.sum(weights * (x - 0.5) ** 2) + 0.1 * jnp.sum(x**4) + 0.2 * jnp.sum(x[1:] * x[:-1])
 
 
-@pytest.mark.parametrize("method", ["l-bfgs", "bfgs", "cg", "newton-cg", "trust-ncg", "curveball"])
+@pytest.mark.parametrize("method", ["l-bfgs", "bfgs", "cg", "newton", "newton-cg", "trust-ncg", "curveball"])
 def test_small_solves_run_as_one_kernel_with_the_plain_loops_results(method, monkeypatch):
     x0 = jnp.linspace(-2.0, 3.0, 10)
 
@@ -135,3 +198,62 @@ def test_small_solves_run_as_one_kernel_with_the_plain_loops_results(method, mon
     np.testing.assert_allclose(marked.x, plain.x, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(marked.fun, plain.fun, rtol=1e-12)
     assert abs(int(marked.nit) - int(plain.nit)) <= 1
+
+
+def test_vmapped_small_solves_run_as_one_kernel_with_each_problems_results():
+    """Under vmap the batched solve is judged on its batched sizes (L-BFGS's history slot, a batched
+    index, is written by a select in one kernel)."""
+    starts = jnp.stack([jnp.linspace(-2.0, 3.0, 10) * s for s in (1.0, 0.5, -1.0, 2.0)])
+    solve = jax.vmap(lambda x0: js.minimize(convex_quartic, x0, method="l-bfgs"))
+    assert _marked(solve, starts)
+    assert MARK in jax.jit(solve).lower(starts).compile().as_text()
+    batched = jax.jit(solve)(starts)
+    for start, x, nit in zip(starts, batched.x, batched.nit):
+        one = js.minimize(convex_quartic, start, method="l-bfgs")
+        np.testing.assert_allclose(x, one.x, rtol=1e-6, atol=1e-6)
+        assert abs(int(nit) - int(one.nit)) <= 1
+
+
+def test_a_batched_loop_with_its_own_stop_and_a_loop_form():
+    """vmap makes the loop's test a vector (each problem stops on its own); with a matrix product
+    inside, the loop is rebuilt as jax lowers such a loop: run while any goes on, keep the stopped."""
+    a = jnp.array([[0.9, 0.1], [0.0, 0.8]])
+
+    def shrink(x):
+        def step(s):
+            return s[0] + 1, (a @ s[1].reshape(2, 3)).ravel()
+        return lax.while_loop(lambda s: jnp.sum(s[1] ** 2) > 0.5, step, (0, x))
+
+    xs = jnp.stack([jnp.linspace(-1, 1, 6) * s for s in (1.0, 2.0, 4.0)])
+    batched = jax.vmap(lambda x: single_kernel.call(shrink, x))
+    assert _marked(batched, xs)
+    got = jax.jit(batched)(xs)
+    for i, x in enumerate(xs):
+        want = jax.jit(shrink)(x)
+        assert int(got[0][i]) == int(want[0])
+        np.testing.assert_allclose(got[1][i], want[1], rtol=1e-12)
+
+
+def test_captured_traced_values_and_eager_calls():
+    x = jnp.linspace(-1, 1, 8)
+    loop = lambda x, c: lax.while_loop(lambda s: s[0] < 5, lambda s: (s[0] + 1, s[1] * 0.5 + jnp.sum(s[1] * c)),
+                                       (0, x))[1]
+    f = jax.jit(lambda x, c: single_kernel.call(lambda x: loop(x, c), x))  # c: a value of the enclosing trace
+    assert _marked(f, x, 2 * x)
+    np.testing.assert_allclose(f(x, 2 * x), loop(x, 2 * x), rtol=1e-12)
+    with jax.disable_jit():  # evaluated as it is, unmarked
+        np.testing.assert_allclose(single_kernel.call(lambda x: loop(x, 2 * x), x), loop(x, 2 * x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["l-bfgs", "newton"])
+def test_an_array_the_enclosing_jit_closed_over(method):
+    """A large array that an enclosing jit closed over reaches the marked call as a constant: XLA:CPU
+    aborted the process emitting such a call (a failed check), until the operands went through an
+    optimisation barrier."""
+    rng = np.random.default_rng(0)
+    X, y = jnp.asarray(rng.normal(size=(400, 9))), jnp.asarray(rng.normal(size=400) > 0, jnp.float64)
+    loss = lambda w, X, y: jnp.mean(jnp.logaddexp(0.0, X @ w) - y * (X @ w)) + 0.5 * w @ w
+    solve = jax.jit(lambda scale: js.minimize(loss, jnp.zeros(9) * scale, args=(X, y), method=method).x)
+    assert MARK in solve.lower(1.0).compile().as_text()
+    np.testing.assert_allclose(solve(1.0), js.minimize(loss, jnp.zeros(9), args=(X, y), method=method).x,
+                               rtol=1e-6, atol=1e-8)
