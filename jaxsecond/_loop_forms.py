@@ -114,17 +114,21 @@ def cholesky(a, *, out_aval, **_):
     return jnp.where(positive, factor, jnp.nan)
 
 
-def batched_scatter(operand, indices, updates, *, dimension_numbers, mode, out_aval, add=False, **_):
+def batched_scatter(operand, indices, updates, *, dimension_numbers, mode, out_aval, update_jaxpr=None,
+                    add=False, **_):
     """``vmap`` of ``x.at[i].set(v)`` (or ``.add``) with a batched index: one select over the operand
     (XLA would scatter one window per batch element, which one kernel cannot emit)."""
     dn = dimension_numbers
     window = tuple(range(1, updates.ndim))
-    if (indices.ndim != 2 or indices.shape[1] != 1 or len(dn.scatter_dims_to_operand_dims) != 1
-            or tuple(dn.inserted_window_dims) != tuple(dn.scatter_dims_to_operand_dims)
+    axis = int(dn.scatter_dims_to_operand_dims[0]) if len(dn.scatter_dims_to_operand_dims) == 1 else None
+    if (axis is None or indices.ndim != 2 or indices.shape[1] != 1
+            or tuple(dn.inserted_window_dims) != (axis,)
             or tuple(dn.operand_batching_dims) != (0,) or tuple(dn.scatter_indices_batching_dims) != (0,)
-            or tuple(dn.update_window_dims) != window or updates.ndim != operand.ndim - 1):
-        raise Unsupported("scatter other than a batch of one-index updates")
-    axis = int(dn.scatter_dims_to_operand_dims[0])
+            or tuple(dn.update_window_dims) != window
+            or updates.shape[1:] != tuple(d for i, d in enumerate(operand.shape) if i not in (0, axis))):
+        raise Unsupported("scatter other than a batch of one-index updates of whole windows")
+    if update_jaxpr is not None and not add:  # x.at[i].apply(f): the update is f of the old value
+        raise Unsupported("scatter that applies a function")
     index = indices[:, 0]
     if mode != lax.GatherScatterMode.FILL_OR_DROP:  # clipped (out-of-range indices of FILL_OR_DROP match nothing)
         index = jnp.clip(index, 0, operand.shape[axis] - 1)

@@ -30,6 +30,7 @@ differently, so results agree with the multi-kernel program up to rounding.
 """
 
 import functools
+import math
 import os
 from typing import Any, Callable
 
@@ -101,9 +102,12 @@ _REWRITTEN = {"dot_general": _is_vector_product, "scatter": _is_single_window_sc
 
 
 def _reduces(eqn) -> bool:
-    """Whether an equation is a reduction, as XLA sees it (an inner product is one)."""
+    """Whether an equation is a whole reduction, as XLA sees it: a product is one when it makes one
+    element per batch (an inner product, or a matrix with one row times a vector), whereas a
+    matrix-vector product is a reduction of each row (any length: tested at 15 x 4369)."""
     if eqn.primitive.name == "dot_general":
-        return all(_vector_operands(eqn))
+        (_, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
+        return eqn.outvars[0].aval.size == math.prod(eqn.invars[0].aval.shape[d] for d in lhs_batch)
     return eqn.primitive.name in _REDUCTIONS and eqn.primitive.name != "cumsum"  # a window reduction
 
 
@@ -298,13 +302,16 @@ def _drop_unused_inputs(jaxpr, kernel, operands):
 
 def _cpu_lowering(ctx, *operands, jaxpr, kernel):
     def jaxsecond_one_kernel(*operands):  # the callee's name identifies the call to mark
-        return _evaluate(kernel, *operands)
+        # The first element of every operand is returned too (and dropped below): XLA:CPU fails a
+        # check when emitting a marked call with a parameter nothing reads, and XLA's own
+        # simplifications (dead code, x * 0) can leave one.
+        return (*_evaluate(kernel, *operands), *[x.reshape(-1)[:1] for x in operands])
 
     out = mlir.lower_fun(jax.jit(jaxsecond_one_kernel), multiple_results=True)(ctx, *operands)
     values = [v for group in out for v in (group if isinstance(group, (list, tuple)) else [group])]
     if values:
         _mark(values[0])
-    return out
+    return out[:len(kernel.out_avals)]
 
 
 _one_kernel_p.def_abstract_eval(lambda *avals, jaxpr, kernel: jaxpr.out_avals)
@@ -338,7 +345,8 @@ def call(fun: Callable, *args: Any) -> Any:
     closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
     hoisted, closed = _hoist_traced_consts(closed)
     operands = [*hoisted, *jax.tree.leaves(args)]
-    small = SINGLE_KERNEL_BELOW > 0 and jax.default_backend() == "cpu"
+    small = (SINGLE_KERNEL_BELOW > 0 and jax.default_backend() == "cpu"
+             and all(jnp.size(x) > 0 for x in operands))  # an empty operand has no element to keep read
     kernel = _kernel(closed, SINGLE_KERNEL_BELOW) if small else None
     if kernel is not None:
         jaxpr, kernel, kept = _drop_unused_inputs(closed, kernel, operands)
