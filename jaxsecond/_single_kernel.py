@@ -74,7 +74,7 @@ _REDUCTIONS = {
 }
 _CONTROL = {
     "cond", "while", "scan", "pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-    "custom_vjp_call_jaxpr", "remat", "checkpoint", "optimization_barrier", "name",
+    "custom_vjp_call_jaxpr", "remat", "remat2", "checkpoint", "optimization_barrier", "name",
 }
 _ALLOWED = _ELEMENTWISE | _STRUCTURAL | _REDUCTIONS | _CONTROL
 
@@ -133,7 +133,8 @@ _LOOP_FORMS = {
     "scatter-add": functools.partial(loop_forms.batched_scatter, add=True),
 }
 _INLINED = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-            "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "checkpoint": "jaxpr"}
+            "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "checkpoint": "jaxpr",
+            "remat2": "jaxpr"}
 
 
 def _platform_index_on_cpu(platforms, has_default=True, **_):

@@ -49,6 +49,7 @@ ALLOWED_STEPS = {
                     jnp.linspace(-1, 1, N)),
     "scan": (lambda x: lax.fori_loop(0, 3, lambda i, v: v * 0.9 + 0.01 * i, x)  # static bounds: a scan
              + 1e-3 * jnp.sum(lax.scan(lambda c, v: (c + v, c * v), 0.0, x[:n])[1]), jnp.linspace(-1, 1, N)),
+    "checkpoint": (lambda x: jax.checkpoint(lambda v: jnp.sin(v) * v + jnp.sum(v[:n]) * 1e-3)(x), jnp.linspace(-1, 1, N)),
     "integers": (lambda x: (x * 3 + 1) % 7, jnp.arange(N, dtype=jnp.int32)),
     "cumulative_sum": (lambda x: jnp.cumsum(x) / N, jnp.linspace(-1, 1, N)),  # a window reduction: any length
     "gradient_of_stacked": (lambda x: x - 0.01 * jax.grad(lambda v: jnp.sum(jnp.stack([v[0] * v[1], v[1]]) ** 2))(x),
@@ -105,6 +106,7 @@ LOOP_FORM_STEPS = {
     "cholesky": lambda x: x * 0.9 + 1e-3 * jnp.linalg.cholesky(_spd(x, 6)).sum(),
     "cholesky_solve": lambda x: x * 0.5 + 1e-3 * jnp.tile(jax.scipy.linalg.cho_solve(
         jax.scipy.linalg.cho_factor(_spd(x, 6), lower=True), x[:6]), 10),
+    "checkpointed_product": lambda x: x * 0.9 + 1e-3 * jax.checkpoint(lambda v: v[:40].reshape(5, 8) @ v[:24].reshape(8, 3))(x).sum(),
     "not_positive_definite": lambda x: x * 0.9 + jnp.where(jnp.isnan(jnp.linalg.cholesky(-_spd(x, 3))).all(), 1.0, -1.0),
 }
 TRIANGULAR = [dict(left_side=l, lower=lo, transpose_a=t, unit_diagonal=u)
