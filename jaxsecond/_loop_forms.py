@@ -25,6 +25,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
+
 class Unsupported(Exception):
     """A form the loops here do not cover."""
 

@@ -111,19 +111,26 @@ def _reduces(eqn) -> bool:
     return eqn.primitive.name in _REDUCTIONS and eqn.primitive.name != "cumsum"  # a window reduction
 
 
+def _every_equation(eqns, test) -> bool:
+    """Whether ``test`` holds for every equation in ``eqns``, inside control flow and calls too."""
+    return all(test(eqn) and all(_every_equation(sub.eqns, test) for sub in jex_core.jaxprs_in_params(eqn.params))
+               for eqn in eqns)
+
+
+def _allowed(eqn) -> bool:
+    name = eqn.primitive.name
+    return name in _ALLOWED or (name in _REWRITTEN and _REWRITTEN[name](eqn))
+
+
 def _fits_one_kernel(jaxpr, limit: int) -> bool:
     """Whether every equation (recursively) is allowed, every reduction reads fewer than ``limit``
     elements and every array has fewer than ``16 * limit``."""
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name not in _ALLOWED and not (name in _REWRITTEN and _REWRITTEN[name](eqn)):
-            return False
+    def fits(eqn):
         sizes = [getattr(var.aval, "size", 0) for var in (*eqn.invars, *eqn.outvars)]
-        if max(sizes, default=0) >= 16 * limit or (_reduces(eqn) and max(sizes) >= limit):
-            return False
-        if not all(_fits_one_kernel(sub, limit) for sub in jex_core.jaxprs_in_params(eqn.params)):
-            return False
-    return True
+        too_large = max(sizes, default=0) >= 16 * limit or (_reduces(eqn) and max(sizes) >= limit)
+        return _allowed(eqn) and not too_large
+
+    return _every_equation(jaxpr.eqns, fits)
 
 
 # Primitives outside the allow-list that have a loop form (jaxsecond._loop_forms) for small operands.
@@ -145,31 +152,6 @@ def _platform_index_on_cpu(platforms, has_default=True, **_):
     return len(platforms) - 1  # the default branch (listed as None, last)
 
 
-def _allowed(eqn) -> bool:
-    name = eqn.primitive.name
-    return name in _ALLOWED or (name in _REWRITTEN and _REWRITTEN[name](eqn))
-
-
-def _needs_loop_form(eqn) -> bool:
-    """Whether the equation is, or (through control flow or calls) holds one, outside the allow-list."""
-    return not _allowed(eqn) or any(_needs_loop_forms(sub) for sub in jex_core.jaxprs_in_params(eqn.params))
-
-
-def _needs_loop_forms(jaxpr) -> bool:
-    return any(_needs_loop_form(eqn) for eqn in jaxpr.eqns)
-
-
-def _has_loop_forms(jaxpr) -> bool:
-    """Whether every equation (recursively) is allowed or has a loop form."""
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if not (_allowed(eqn) or name in _LOOP_FORMS or name == "platform_index"):
-            return False
-        if not all(_has_loop_forms(sub) for sub in jex_core.jaxprs_in_params(eqn.params)):
-            return False
-    return True
-
-
 def _with_loop_forms(jaxpr, consts, *args):
     """Evaluates ``jaxpr`` with each primitive outside the allow-list replaced by its loop form (inside
     control flow and calls too); raises ``loop_forms.Unsupported`` where there is none."""
@@ -180,7 +162,7 @@ def _with_loop_forms(jaxpr, consts, *args):
         invals = [read(v) for v in eqn.invars]
         name, params = eqn.primitive.name, eqn.params
         avals = [v.aval for v in eqn.outvars]
-        if not _needs_loop_form(eqn):  # bound as it is, as jax.core.eval_jaxpr binds it
+        if _every_equation([eqn], _allowed):  # bound as it is, as jax.core.eval_jaxpr binds it
             outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
         elif name in _LOOP_FORMS:
             extra = {"out_avals": avals} if eqn.primitive.multiple_results else {"out_aval": avals[0]}
@@ -219,9 +201,10 @@ def _with_loop_forms(jaxpr, consts, *args):
 def _kernel(closed, limit):
     """The jaxpr to compile into one kernel: ``closed`` itself, or with loop forms in place of the
     primitives outside the allow-list; ``None`` where neither fits."""
-    if not _needs_loop_forms(closed.jaxpr):
+    if _every_equation(closed.jaxpr.eqns, _allowed):
         return closed if _fits_one_kernel(closed.jaxpr, limit) else None
-    if not _has_loop_forms(closed.jaxpr):
+    if not _every_equation(closed.jaxpr.eqns, lambda e: _allowed(e) or e.primitive.name in _LOOP_FORMS
+                           or e.primitive.name == "platform_index"):
         return None
     avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
     try:
@@ -284,23 +267,6 @@ def _mark(value):
     return True
 
 
-def _drop_unused_inputs(jaxpr, kernel, operands):
-    """The two jaxprs without the inputs neither reads, and the operands left; ``None`` for the
-    kernel if it still has an unused input (XLA:CPU fails a check when emitting a marked call with an
-    unused parameter)."""
-    def reads(jaxpr):
-        read = {v for eqn in jaxpr.eqns for v in eqn.invars if isinstance(v, jex_core.Var)}
-        return read | {v for v in jaxpr.outvars if isinstance(v, jex_core.Var)}
-
-    read, read_kernel = reads(jaxpr.jaxpr), reads(kernel.jaxpr)
-    kept = [i for i, (v, w) in enumerate(zip(jaxpr.jaxpr.invars, kernel.jaxpr.invars)) if v in read or w in read_kernel]
-    drop = lambda c: jex_core.ClosedJaxpr(c.jaxpr.replace(invars=[c.jaxpr.invars[i] for i in kept]), c.consts)
-    jaxpr, kernel = drop(jaxpr), drop(kernel)
-    if not all(v in read_kernel for v in kernel.jaxpr.invars):
-        kernel = None
-    return jaxpr, kernel, [operands[i] for i in kept]
-
-
 def _cpu_lowering(ctx, *operands, jaxpr, kernel):
     def jaxsecond_one_kernel(*operands):  # the callee's name identifies the call to mark
         # The first element of every operand is returned too (and dropped below): XLA:CPU fails a
@@ -319,8 +285,9 @@ _one_kernel_p.def_abstract_eval(lambda *avals, jaxpr, kernel: jaxpr.out_avals)
 _one_kernel_p.def_impl(lambda *operands, jaxpr, kernel: _evaluate(jaxpr, *operands))  # eagerly: unmarked
 batching.primitive_batchers[_one_kernel_p] = _batched
 ad.primitive_jvps[_one_kernel_p] = _jvp
-mlir.register_lowering(_one_kernel_p, mlir.lower_fun(lambda *o, jaxpr, kernel: _evaluate(jaxpr, *o), multiple_results=True),
-                       cacheable=False)
+mlir.register_lowering(
+    _one_kernel_p, mlir.lower_fun(lambda *o, jaxpr, kernel: _evaluate(jaxpr, *o), multiple_results=True),
+    cacheable=False)
 mlir.register_lowering(_one_kernel_p, _cpu_lowering, platform="cpu", cacheable=False)
 
 
@@ -350,11 +317,9 @@ def call(fun: Callable, *args: Any) -> Any:
              and all(jnp.size(x) > 0 for x in operands))  # an empty operand has no element to keep read
     kernel = _kernel(closed, SINGLE_KERNEL_BELOW) if small else None
     if kernel is not None:
-        jaxpr, kernel, kept = _drop_unused_inputs(closed, kernel, operands)
-    if kernel is not None:
         # Through a barrier: XLA:CPU fails a check when emitting a marked call that reads a constant's
         # buffer (a large array an enclosing jit closed over); behind the barrier it is a value.
-        out = _one_kernel_p.bind(*lax.optimization_barrier(kept), jaxpr=jaxpr, kernel=kernel)
+        out = _one_kernel_p.bind(*lax.optimization_barrier(operands), jaxpr=closed, kernel=kernel)
     else:
         out = _evaluate(closed, *operands)
     return jax.tree.unflatten(jax.tree.structure(out_shape), out)

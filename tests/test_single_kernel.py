@@ -265,6 +265,7 @@ def test_an_array_the_enclosing_jit_closed_over(method):
 
 
 @pytest.mark.parametrize("name, fun, args", [
+    ("unused", lambda x, y: y * 2, (jnp.linspace(0.1, 1, 5),) * 2),
     ("dead_code", lambda x, y: (jnp.sum(x), y * 2)[1], (jnp.linspace(0.1, 1, 5),) * 2),
     ("gradient_of_a_linear_function", lambda x, y: jax.grad(lambda v: jnp.sum(3.0 * v))(x) + y,
      (jnp.linspace(0.1, 1, 5),) * 2),
