@@ -435,7 +435,7 @@ def cauchy_point(memory: LimitedMemory, compact: _Compact, x, g, lower, upper, *
                                   otherwise)
 
     stage = search(lambda: _full_window(path), None)
-    sizes = [window * 16**i for i in range(8) if window * 16**i < x.shape[0]] or [x.shape[0]]
+    sizes = [window * 16**i for i in range(8) if window * 16**i < x.shape[0]]
     for size in reversed(sizes):
         stage = search(functools.partial(_smallest_window, path, size), stage)
     first = search(lambda: _first_window(path), stage)
