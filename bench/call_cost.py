@@ -3,22 +3,29 @@
 Measures, in one process (float64, 2-parameter least squares so that the solve itself is tiny):
 - first call, then a second call with a *fresh* lambda over new arrays, a fresh ``functools.partial``,
   and the same problem through ``args`` (tracing included; median of repeats);
-- the fixed cost of a one-evaluation solve (``maxiter=0``) against a bare jitted call of the objective;
+- the fixed cost of a one-evaluation solve (``maxiter=0``) against a bare jitted call of the objective,
+  and the same in a second process started with ``jax_cpu_enable_async_dispatch`` off (XLA:CPU then
+  runs every program on the calling thread; by default only those it estimates below 1000 flops);
 - process memory (max RSS) across 10,000 calls with fresh closures.
 
     python bench/call_cost.py
 """
 
 import functools
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+SYNC = "--sync-fixed-cost" in sys.argv  # the child process: fixed cost only, printed as JSON
+if SYNC:
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -46,8 +53,25 @@ def timed(call, repeats):
     return statistics.median(times)
 
 
+def fixed_cost(w0):
+    """(one-evaluation solve, its compiled program alone, a bare jitted call of the objective), seconds."""
+    X, y = data(0)
+    jax.block_until_ready(js.minimize(loss, w0, args=(X, y), options={"maxiter": 0}).x)
+    solve0 = timed(lambda i: js.minimize(loss, w0, args=(X, y), options={"maxiter": 0}).x, 501)
+    # The compiled solve alone (what remains of the call once the front end is skipped).
+    prepared = optimize._CALL_CACHE[next(reversed(optimize._CALL_CACHE))]
+    solve, consts, numeric = optimize._COMPILE_CACHE[prepared.solve_key], prepared.traced[1], prepared.numeric
+    program = timed(lambda i: solve(w0, (consts, (X, y)), None, None, numeric).x, 501)
+    bare = jax.jit(loss)
+    jax.block_until_ready(bare(w0, X, y))
+    return solve0, program, timed(lambda i: bare(w0, X, y), 501)
+
+
 def main():
     w0 = jnp.zeros(2)
+    if SYNC:
+        print(json.dumps(fixed_cost(w0)))
+        return
     rows = []
     start = time.perf_counter()
     X, y = data(0)
@@ -67,18 +91,15 @@ def main():
     rows.append(("call with a fresh functools.partial", timed(fresh_partial, 21)))
     jax.block_until_ready(js.minimize(loss, w0, args=data(0)).x)
     rows.append(("same problem through args", timed(lambda i: js.minimize(loss, w0, args=(X, y)).x, 201)))
-    jax.block_until_ready(js.minimize(loss, w0, args=(X, y), options={"maxiter": 0}).x)
-    solve0 = timed(lambda i: js.minimize(loss, w0, args=(X, y), options={"maxiter": 0}).x, 501)
-    # The compiled solve alone (what remains of the call once the front end is skipped).
-    prepared = optimize._CALL_CACHE[next(reversed(optimize._CALL_CACHE))]
-    solve, consts, numeric = optimize._COMPILE_CACHE[prepared.solve_key], prepared.traced[1], prepared.numeric
-    program = timed(lambda i: solve(w0, (consts, (X, y)), None, None, numeric).x, 501)
-    bare = jax.jit(loss)
-    jax.block_until_ready(bare(w0, X, y))
-    bare_t = timed(lambda i: bare(w0, X, y), 501)
+    solve0, program, bare_t = fixed_cost(w0)
     rows.append(("one-evaluation solve (maxiter=0)", solve0))
     rows.append(("  of which the compiled solve alone", program))
     rows.append(("bare jitted call of the objective", bare_t))
+    child = subprocess.run([sys.executable, __file__, "--sync-fixed-cost"], check=True, capture_output=True, text=True)
+    sync0, sync_program, sync_bare = json.loads(child.stdout.splitlines()[-1])
+    rows.append(("one-evaluation solve, async dispatch off (second process)", sync0))
+    rows.append(("  of which the compiled solve alone", sync_program))
+    rows.append(("bare jitted call of the objective, async dispatch off", sync_bare))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for i in range(10_000):
         jax.block_until_ready(js.minimize(lambda w: loss(w, X, y) * 1.0, w0).x)
@@ -87,7 +108,9 @@ def main():
     rss2 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     lines = ["| what | seconds |", "|---|---|"] + [f"| {name} | {t:.6f} |" for name, t in rows]
     lines += ["", f"Fixed cost of a one-evaluation solve above a bare jitted call: {1e6 * (solve0 - bare_t):.0f} us "
-              f"(front end {1e6 * (solve0 - program):.0f} us, compiled program {1e6 * (program - bare_t):.0f} us)",
+              f"(front end {1e6 * (solve0 - program):.0f} us, compiled program {1e6 * (program - bare_t):.0f} us); "
+              f"with async dispatch off: {1e6 * (sync0 - sync_bare):.0f} us (front end {1e6 * (sync0 - sync_program):.0f} us, "
+              f"compiled program {1e6 * (sync_program - sync_bare):.0f} us)",
               f"Max RSS: {rss0 / 1024:.0f} MiB before 10,000 fresh-closure calls, {rss1 / 1024:.0f} MiB after "
               f"1,000, {rss2 / 1024:.0f} MiB after 10,000"]
     text = "\n".join(lines)
