@@ -260,7 +260,7 @@ def minimize(
         call_key = None
         traced_args, static_args = _split_args(args, static_ints=True)
         problem, consts, trace_key = _trace(fun, jac, x0, traced_args, static_args)
-    solve = _compiled_solve(problem, config)
+    solve = _compiled_solve(problem, config, n)
     if call_key is not None and trace_key is not None:
         _lru_get(_CALL_CACHE, call_key,
                  lambda: _Prepared(trace_key, _TRACE_CACHE[trace_key], (problem, config), numeric),
@@ -639,11 +639,57 @@ def _check_outputs(out, jac, x0):
                 )
 
 
-def _compiled_solve(problem, config):
-    return _lru_get(
-        _COMPILE_CACHE, (problem, config), lambda: jax.jit(functools.partial(_solve, problem, config)),
-        _COMPILE_CACHE_SIZE,
-    )
+# XLA:CPU options for the solves compiled here, that is for calls outside any trace (a solve inside the
+# caller's jit is compiled with the caller's options; jax admits none on a nested jit), with fewer
+# than OPTIONS_BELOW variables. XLA's elemental emitters, instead of its MLIR fusion emitters,
+# compile L-BFGS-B's and Newton's solves in 55-65% of the time and run them as fast; other methods
+# compile as fast either way (bench/compile_cost.py, issue #11). Not LLVM at -O1, which compiles
+# every method faster still but changes rounding enough that one problem of the set no longer
+# follows scipy's iterates (extended Powell: 39 iterations for scipy's 37); nor at n >= 10^4 or so,
+# where large fused kernels dominate and the legacy emitters ran 2-9% slower. Set to {} before the
+# first solve for XLA's defaults.
+CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+OPTIONS_BELOW = 4096
+
+
+def _compiler_options(n):
+    """:data:`CPU_COMPILER_OPTIONS` for a solve over ``n`` variables where they apply (see there) and
+    the installed XLA accepts them, else ``None`` (XLA's defaults)."""
+    items = tuple(sorted(CPU_COMPILER_OPTIONS.items()))
+    if not items or n >= OPTIONS_BELOW or jax.default_backend() != "cpu" or not _accepted_by_xla(items):
+        return None
+    return dict(items)
+
+
+@functools.cache
+def _accepted_by_xla(items):
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(items)).lower(np.float32(0)).compile()
+    except Exception:  # an XLA that has dropped or renamed one of them: its defaults, not an error
+        return False
+    return True
+
+
+class _CompiledSolve(NamedTuple):
+    """A solve's ``jax.jit`` with :func:`_compiler_options` for calls outside any trace, and without
+    them for calls under one (jit, vmap, grad)."""
+
+    top_level: Callable
+    traced: Callable
+
+    def __call__(self, *args):
+        top = type(jax.extend.core.find_top_trace(())).__name__ == "EvalTrace"
+        return (self.top_level if top else self.traced)(*args)
+
+
+def _compiled_solve(problem, config, n):
+    def make():
+        solve = functools.partial(_solve, problem, config)
+        options = _compiler_options(n)
+        traced = jax.jit(solve)
+        return _CompiledSolve(jax.jit(solve, compiler_options=options) if options else traced, traced)
+
+    return _lru_get(_COMPILE_CACHE, (problem, config), make, _COMPILE_CACHE_SIZE)
 
 
 def _host_callback(callback, x, f, nit, nfev):

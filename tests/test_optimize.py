@@ -634,7 +634,7 @@ def test_no_recompile_when_only_python_types_change():
                    {"args": (2.0,), "options": {"maxiter": np.int64(100)}}):
         js.minimize(fun, jnp.zeros(3), **kwargs)
     assert len(optimize._COMPILE_CACHE) == size
-    assert solve._cache_size() == 1
+    assert solve.top_level._cache_size() == 1
 
 
 def test_fresh_closures_reuse_the_compiled_solve_and_equal_args():
@@ -654,6 +654,42 @@ def test_fresh_closures_reuse_the_compiled_solve_and_equal_args():
     assert len(optimize._COMPILE_CACHE) == 2  # one entry for the closures, one for args
     assert not np.allclose(results[0], results[1])
 
+
+
+@pytest.mark.parametrize("method", ["l-bfgs", "l-bfgs-b", "newton"])
+def test_cpu_compiler_options_give_the_solve_of_xla_defaults(method, monkeypatch):
+    # A solve compiled outside any trace gets CPU_COMPILER_OPTIONS (faster to compile); inside a
+    # trace, jax admits no options and the plain jit is used. Both reach the same iterates (up to
+    # rounding: the emitters order some sums differently).
+    fun = lambda x: jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+    x0 = jnp.tile(jnp.array([-1.2, 1.0]), 5)
+    bounds = (-2.0, 0.9) if method == "l-bfgs-b" else None
+    optimize._COMPILE_CACHE.clear()
+    res = js.minimize(fun, x0, method=method, bounds=bounds)
+    entry = next(reversed(optimize._COMPILE_CACHE.values()))
+    assert entry.top_level is not entry.traced
+    assert entry.top_level._cache_size() == 1 and entry.traced._cache_size() == 0
+    traced = jax.jit(lambda x: js.minimize(fun, x, method=method, bounds=bounds))(x0)
+    monkeypatch.setattr(optimize, "CPU_COMPILER_OPTIONS", {})
+    optimize._COMPILE_CACHE.clear()
+    default = js.minimize(fun, x0, method=method, bounds=bounds)
+    entry = next(reversed(optimize._COMPILE_CACHE.values()))
+    assert entry.top_level is entry.traced
+    for other in (traced, default):
+        assert (int(res.nit), int(res.nfev), int(res.status)) == (int(other.nit), int(other.nfev), int(other.status))
+        np.testing.assert_allclose(res.x, other.x, rtol=1e-9)  # rounding: another order of sums
+    assert res.success
+
+
+def test_compiler_options_apply_to_small_solves_and_an_unknown_one_falls_back(monkeypatch):
+    options = optimize._compiler_options(10)
+    assert options == optimize.CPU_COMPILER_OPTIONS
+    assert optimize._compiler_options(optimize.OPTIONS_BELOW) is None  # large fused kernels: XLA's own
+    monkeypatch.setattr(optimize, "CPU_COMPILER_OPTIONS", {"xla_no_such_option_anywhere": True})
+    assert optimize._compiler_options(10) is None
+    optimize._COMPILE_CACHE.clear()
+    res = js.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(3))
+    np.testing.assert_allclose(res.x, 1.0, rtol=1e-8)
 
 # --- callback and scipy's bounds forms (issue 10) ----------------------------------------------------
 
