@@ -5,16 +5,24 @@ Chained Rosenbrock at n = 100, float64, every solver inside one ``jax.jit`` (the
 to compile the lowered module, the number of instructions of the optimised HLO module and of its
 largest ``while`` body (the solver's iteration), and how many of the body's instructions are
 kernel launches on CPU (fusions, dots, custom calls, conditionals). Medians of ``--repeats``
-compilations, each of a fresh function (no cache hit) in this process. Run by hand::
+compilations, each of a fresh function (no cache hit) in this process.
+
+Then what a user waits for on a first call (issue #11's measure): in each of ``--repeats`` fresh
+processes (imports excluded), ``js.minimize(chained_rosenbrock, x0, method=...)`` called outside any
+jit, that is trace, compile and solve, beside optax.lbfgs's loop in ``jax.jit`` called the first
+time; jaxsecond also with XLA's default compiler options (``CPU_COMPILER_OPTIONS = {}``), to show
+what its own options cut. Run by hand::
 
     pip install -e ".[bench]"
     python bench/compile_cost.py            # writes bench/results/compile_cost.md
 """
 
 import argparse
+import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -75,10 +83,47 @@ def measure(make_run, repeats):
     return statistics.median(lowers), statistics.median(compiles), sizes
 
 
+FIRST_CALLS = [("l-bfgs", False), ("l-bfgs", True), ("l-bfgs-b", False), ("l-bfgs-b", True), ("optax.lbfgs", False)]
+
+
+def first_call(solver, xla_defaults):
+    """Seconds from a first call to its result, in this (fresh) process."""
+    if xla_defaults:
+        from jaxsecond import optimize
+
+        optimize.CPU_COMPILER_OPTIONS = {}
+    x0 = jnp.tile(jnp.array([-1.2, 1.0]), N // 2)
+    if solver == "optax.lbfgs":
+        call = lambda: jax.jit(run_optax)(x0)
+    else:
+        bounds = (jnp.full(N, -2.0), jnp.full(N, 2.0)) if solver == "l-bfgs-b" else None
+        call = lambda: js.minimize(chained_rosenbrock, x0, method=solver, bounds=bounds)
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    return time.perf_counter() - start
+
+
+def first_calls(repeats):
+    """Median first-call seconds of each of :data:`FIRST_CALLS`, over ``repeats`` fresh processes
+    (the solvers alternate, so that a change in the machine's load reaches them all)."""
+    seconds = {case: [] for case in FIRST_CALLS}
+    for _ in range(repeats):
+        for solver, xla_defaults in FIRST_CALLS:
+            argv = [sys.executable, __file__, "--first-call", solver] + (["--xla-defaults"] if xla_defaults else [])
+            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+            seconds[(solver, xla_defaults)].append(json.loads(out.splitlines()[-1]))
+    return {case: statistics.median(v) for case, v in seconds.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--first-call", help=argparse.SUPPRESS)  # a child process's one measurement
+    parser.add_argument("--xla-defaults", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.first_call:
+        print(json.dumps(first_call(args.first_call, args.xla_defaults)))
+        return
     solvers = {f"jaxsecond {m}": (lambda m=m: jaxsecond_solver(m)) for m in METHODS}
     solvers.update({"optax.lbfgs": lambda: run_optax, "optimistix.LBFGS": lambda: run_optimistix,
                     "jaxopt.LBFGS": lambda: run_jaxopt})
@@ -115,6 +160,25 @@ def main():
         ratio = f"{total / base:.2f}" if base else "-"
         lines.append(f"| {name} | {lower_s:.2f} | {compile_s:.2f} | {total:.2f} | {ratio} | {module} | "
                      f"{body} | {kernels} |")
+    firsts = first_calls(args.repeats)
+    optax_first = firsts[("optax.lbfgs", False)]
+    lines += [
+        "",
+        "# First call, fresh process",
+        "",
+        f"Seconds from the first call to its result, median of {args.repeats} fresh processes (imports "
+        "excluded): `js.minimize(chained_rosenbrock, x0, method=...)` outside any jit (trace, compile, "
+        "solve) and optax.lbfgs's loop in `jax.jit`. \"XLA defaults\": jaxsecond with "
+        "`jaxsecond.optimize.CPU_COMPILER_OPTIONS = {}`. The table above compiles every solver inside "
+        "the caller's jit, where jaxsecond's options do not apply.",
+        "",
+        "| first call | s | / optax.lbfgs |",
+        "|---|---|---|",
+    ]
+    for (solver, xla_defaults), sec in firsts.items():
+        name = solver if solver.startswith("optax") else f"js.minimize {solver}" + (" (XLA defaults)" if xla_defaults else "")
+        lines.append(f"| {name} | {sec:.2f} | {sec / optax_first:.2f} |")
+        print(f"  first call, {name}: {sec:.2f} s ({sec / optax_first:.2f}x optax.lbfgs)", flush=True)
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     path = os.path.join(os.path.dirname(__file__), "results", "compile_cost.md")
     with open(path, "w") as fh:
