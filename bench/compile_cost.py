@@ -93,11 +93,7 @@ def first_call(solver, xla_defaults):
 
         optimize.CPU_COMPILER_OPTIONS = {}
     x0 = jnp.tile(jnp.array([-1.2, 1.0]), N // 2)
-    if solver == "optax.lbfgs":
-        call = lambda: jax.jit(run_optax)(x0)
-    else:
-        bounds = (jnp.full(N, -2.0), jnp.full(N, 2.0)) if solver == "l-bfgs-b" else None
-        call = lambda: js.minimize(chained_rosenbrock, x0, method=solver, bounds=bounds)
+    call = (lambda: jax.jit(run_optax)(x0)) if solver == "optax.lbfgs" else (lambda: jaxsecond_solver(solver)(x0))
     start = time.perf_counter()
     jax.block_until_ready(call())
     return time.perf_counter() - start
