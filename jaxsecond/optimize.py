@@ -205,7 +205,8 @@ def minimize(
         _COMPILE_CACHE.move_to_end(prepared.solve_key)
         lower, upper = broadcast_bounds(bounds, x0) if bounds is not None else (None, None)
         solve, consts = _COMPILE_CACHE[prepared.solve_key], prepared.traced[1]
-        return solve(_as_arrays(x0), (consts, traced_args), lower, upper, prepared.numeric)
+        return solve(x0 if prepared.arrays_given else _as_arrays(x0), (consts, traced_args), lower, upper,
+                     prepared.numeric)
     name, spec = _resolve_method(method, bounds)
     opts = _resolve_options(name, spec, tol, options)
     _check_x0(x0)
@@ -243,6 +244,7 @@ def minimize(
     if callback is not None and name == "curveball":
         raise ValueError("callback is not supported by method='curveball'")
     numeric = _pack_numeric({k: _canonical_number(v, k) for k, v in numeric.items()})
+    arrays_given = all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(x0))
     x0 = _as_arrays(x0)
     config = _SolveConfig(
         jac=jac if jac is None or jac is True else "callable", method=name,
@@ -263,7 +265,8 @@ def minimize(
     solve = _compiled_solve(problem, config, n)
     if call_key is not None and trace_key is not None:
         _lru_get(_CALL_CACHE, call_key,
-                 lambda: _Prepared(trace_key, _TRACE_CACHE[trace_key], (problem, config), numeric),
+                 lambda: _Prepared(trace_key, _TRACE_CACHE[trace_key], (problem, config),
+                                   numeric, arrays_given),
                  _TRACE_CACHE_SIZE)
     return solve(x0, (consts, traced_args), lower, upper, numeric)
 
@@ -274,7 +277,8 @@ class _Prepared(NamedTuple):
     trace_key: Any
     traced: tuple  # the trace cache's (problem, consts) entry, compared by identity
     solve_key: Any
-    numeric: Any
+    numeric: Any  # packed: device arrays, no transfer per call
+    arrays_given: bool  # x0's leaves are jax arrays (the key fixes their types): no conversion
 
 
 _FLOAT_OPTIONS = ("gtol", "ftol", "xtol")
@@ -282,14 +286,16 @@ _INT_OPTIONS = ("maxiter", "maxfun", "maxls")
 
 
 def _pack_numeric(numeric):
-    """The loop's tolerances and budgets as one float and one int32 array (two transfers per call,
-    not one per option), and CurveBall's hyper-parameters (``None`` for automatic) as they are."""
+    """The loop's tolerances and budgets as one float and one int32 device array, and CurveBall's
+    hyper-parameters (``None`` for automatic) as they are. Concrete values are put on the device
+    here, eagerly even under a trace, so that a cached call passes them without a transfer."""
     floats = [numeric[k] for k in _FLOAT_OPTIONS]
-    if any(isinstance(v, jax.core.Tracer) for v in floats):  # tol traced under jit
+    with jax.ensure_compile_time_eval():
+        ints = jax.device_put(np.asarray([numeric[k] for k in _INT_OPTIONS], np.int32))
+        if not any(isinstance(v, jax.core.Tracer) for v in floats):
+            floats = jax.device_put(np.asarray(floats, np.float64))
+    if isinstance(floats, list):  # tol traced under jit
         floats = jnp.stack([jnp.asarray(v, jnp.result_type(float)) for v in floats])
-    else:
-        floats = np.asarray(floats, np.float64)
-    ints = np.asarray([numeric[k] for k in _INT_OPTIONS], np.int32)
     rest = {k: v for k, v in numeric.items() if k not in _FLOAT_OPTIONS + _INT_OPTIONS}
     return floats, ints, rest
 
