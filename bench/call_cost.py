@@ -6,7 +6,11 @@ Measures, in one process (float64, 2-parameter least squares so that the solve i
 - the fixed cost of a one-evaluation solve (``maxiter=0``) against a bare jitted call of the objective,
   and the same in a second process started with ``jax_cpu_enable_async_dispatch`` off (XLA:CPU then
   runs every program on the calling thread; by default only those it estimates below 1000 flops);
-- process memory (max RSS) across 10,000 calls with fresh closures.
+- process memory (max RSS) across 10,000 calls with fresh closures;
+- a small problem solved whole (Freudenstein-Roth, 20 iterations): ``js.minimize`` against optax.lbfgs's
+  loop in ``jax.jit`` (bench/minimize.py's), in both processes, with XLA's flop estimate of each
+  compiled program, which decides whether XLA:CPU runs it on the calling thread (below 1000) or hands
+  it to a worker thread.
 
     python bench/call_cost.py
 """
@@ -31,8 +35,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import jaxsecond as js  # noqa: E402
-from jaxsecond import optimize  # noqa: E402
+from jaxsecond import optimize, problems  # noqa: E402
 from machine import describe  # noqa: E402
+from minimize import optax_lbfgs_loop  # noqa: E402
 
 
 def loss(w, X, y):
@@ -53,24 +58,50 @@ def timed(call, repeats):
     return statistics.median(times)
 
 
+def alternating(calls, rounds=6, repeats=201):
+    """Median seconds of each call, timed in bursts that take turns (a shared machine's speed drifts
+    over seconds: timing one call after the other would read the drift as a difference)."""
+    bursts = [[] for _ in calls]
+    for call in calls:  # compiled before any timing
+        jax.block_until_ready(call(0))
+    for _ in range(rounds):
+        for call, times in zip(calls, bursts):
+            times.append(timed(call, repeats))
+    return [statistics.median(times) for times in bursts]
+
+
 def fixed_cost(w0):
     """(one-evaluation solve, its compiled program alone, a bare jitted call of the objective), seconds."""
     X, y = data(0)
     jax.block_until_ready(js.minimize(loss, w0, args=(X, y), options={"maxiter": 0}).x)
-    solve0 = timed(lambda i: js.minimize(loss, w0, args=(X, y), options={"maxiter": 0}).x, 501)
     # The compiled solve alone (what remains of the call once the front end is skipped).
     prepared = optimize._CALL_CACHE[next(reversed(optimize._CALL_CACHE))]
     solve, consts, numeric = optimize._COMPILE_CACHE[prepared.solve_key], prepared.traced[1], prepared.numeric
-    program = timed(lambda i: solve(w0, (consts, (X, y)), None, None, numeric).x, 501)
     bare = jax.jit(loss)
-    jax.block_until_ready(bare(w0, X, y))
-    return solve0, program, timed(lambda i: bare(w0, X, y), 501)
+    return alternating([lambda i: js.minimize(loss, w0, args=(X, y), options={"maxiter": 0}).x,
+                        lambda i: solve(w0, (consts, (X, y)), None, None, numeric).x,
+                        lambda i: bare(w0, X, y)])
+
+
+def small_problem():
+    """(js.minimize, optax.lbfgs loop) seconds on Freudenstein-Roth, medians over alternating bursts,
+    and each compiled program's flop estimate by XLA."""
+    problem = next(p for p in problems.mgh_problems() if p.name == "freudenstein_roth")
+    x0 = jnp.asarray(problem.x0)
+    options = {"maxiter": 2000, "gtol": 1e-5, "maxcor": 10}  # bench/minimize.py's settings
+    run = jax.jit(optax_lbfgs_loop(problem.fun))
+    times = alternating([lambda i: js.minimize(problem.fun, x0, options=options).x, lambda i: run(x0)[0]])
+    prepared = optimize._CALL_CACHE[next(reversed(optimize._CALL_CACHE))]
+    solve = optimize._COMPILE_CACHE[prepared.solve_key].top_level
+    ours = solve.lower(x0, (prepared.traced[1], ()), None, None, prepared.numeric).compile()
+    flops = [compiled.cost_analysis()["flops"] for compiled in (ours, run.lower(x0).compile())]
+    return times, flops
 
 
 def main():
     w0 = jnp.zeros(2)
     if SYNC:
-        print(json.dumps(fixed_cost(w0)))
+        print(json.dumps([fixed_cost(w0), small_problem()[0]]))
         return
     rows = []
     start = time.perf_counter()
@@ -95,11 +126,16 @@ def main():
     rows.append(("one-evaluation solve (maxiter=0)", solve0))
     rows.append(("  of which the compiled solve alone", program))
     rows.append(("bare jitted call of the objective", bare_t))
+    (ours, optax_loop), flops = small_problem()
+    rows.append(("Freudenstein-Roth (20 iterations): js.minimize", ours))
+    rows.append(("Freudenstein-Roth: optax.lbfgs loop in jax.jit", optax_loop))
     child = subprocess.run([sys.executable, __file__, "--sync-fixed-cost"], check=True, capture_output=True, text=True)
-    sync0, sync_program, sync_bare = json.loads(child.stdout.splitlines()[-1])
+    (sync0, sync_program, sync_bare), (sync_ours, sync_optax) = json.loads(child.stdout.splitlines()[-1])
     rows.append(("one-evaluation solve, async dispatch off (second process)", sync0))
     rows.append(("  of which the compiled solve alone", sync_program))
     rows.append(("bare jitted call of the objective, async dispatch off", sync_bare))
+    rows.append(("Freudenstein-Roth: js.minimize, async dispatch off", sync_ours))
+    rows.append(("Freudenstein-Roth: optax.lbfgs loop, async dispatch off", sync_optax))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for i in range(10_000):
         jax.block_until_ready(js.minimize(lambda w: loss(w, X, y) * 1.0, w0).x)
@@ -111,6 +147,10 @@ def main():
               f"(front end {1e6 * (solve0 - program):.0f} us, compiled program {1e6 * (program - bare_t):.0f} us); "
               f"with async dispatch off: {1e6 * (sync0 - sync_bare):.0f} us (front end {1e6 * (sync0 - sync_program):.0f} us, "
               f"compiled program {1e6 * (sync_program - sync_bare):.0f} us)",
+              f"Freudenstein-Roth, js.minimize / optax.lbfgs loop: {ours / optax_loop:.2f}x; with async dispatch off "
+              f"{sync_ours / sync_optax:.2f}x. XLA's flop estimate of the compiled programs: jaxsecond {flops[0]:.0f}, "
+              f"optax {flops[1]:.0f}; XLA:CPU runs a program estimated below 1000 on the calling thread and hands any "
+              "other to a worker thread (a fixed cost of thread wake-ups, the gap between the two settings)",
               f"Max RSS: {rss0 / 1024:.0f} MiB before 10,000 fresh-closure calls, {rss1 / 1024:.0f} MiB after "
               f"1,000, {rss2 / 1024:.0f} MiB after 10,000"]
     text = "\n".join(lines)
