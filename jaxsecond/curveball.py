@@ -495,6 +495,11 @@ def _step_sizes(system, damping, learning_rate, momentum, momentum_range, dtype)
     return jnp.asarray(rho, dtype), jnp.asarray(beta, dtype)
 
 
+def _curvature(system):
+    """The Rayleigh quotient along delta_z, h11 / n11 (over 1 where n11 is zero)."""
+    return system.h11 / jnp.where(system.n11 > 0, system.n11, 1)
+
+
 def _damping_floor(system, dtype):
     """eps x the curvature along delta_z: below it lambda no longer changes H + lambda I there.
 
@@ -504,7 +509,7 @@ def _damping_floor(system, dtype):
     (float32) or 10 (float64) consecutive failures.
     """
     finfo = jnp.finfo(dtype)
-    curvature = jnp.abs(system.h11) / jnp.where(system.n11 > 0, system.n11, 1)
+    curvature = jnp.abs(_curvature(system))
     floor = finfo.eps * jnp.where(jnp.isfinite(curvature), curvature, 0)
     return jnp.maximum(floor, finfo.tiny).astype(dtype)
 
@@ -515,7 +520,7 @@ def _initial_damping(system, dtype):
     1 (the authors' MATLAB default) when that is not a positive finite number (no gradient, or a
     direction of zero or negative curvature in Hessian mode).
     """
-    rayleigh = system.h11 / jnp.where(system.n11 > 0, system.n11, 1)
+    rayleigh = _curvature(system)
     usable = (system.n11 > 0) & (rayleigh > 0) & jnp.isfinite(rayleigh)
     return jnp.where(usable, rayleigh, 1).astype(dtype)
 
