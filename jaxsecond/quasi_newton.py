@@ -127,7 +127,8 @@ class InverseMemory(NamedTuple):
     The pairs stay in a circular buffer (slot ``k`` is rewritten in place, no O(mn) shifting); the
     ``m x m`` matrices are kept in age order, oldest first and the newest pair last, so that ``R``
     is triangular as stored and a push is a shift by one row and column. Empty slots come first;
-    their entries are unspecified and masked where used.
+    ``R^-1`` is zero between a stored pair and an empty slot, and their other entries are unspecified
+    (finite) and masked where used.
     """
 
     w: Array  # (m, 2, n) s and y of the pair in slot k at [k]: one buffer, one pass, one write
@@ -171,8 +172,9 @@ def push_inverse_pair(memory: InverseMemory, s, y, keep=True) -> InverseMemory:
         d = sy_new[-1]
         d = jnp.where(d != 0, d, 1.0)  # s.y = 0 only where the pair is not kept (selected, not branched)
         older = valid.at[-1].set(False)
-        both = older[:, None] & older[None, :]
-        rinv = jnp.where(both, jnp.roll(memory.rinv, -1, axis=(0, 1)), jnp.eye(m, dtype=memory.w.dtype))
+        # Shifted by one, R^-1 keeps zeros between a stored pair and an empty slot (the entries
+        # inverse_hessian_times relies on); the last row, the oldest pair's, becomes the new one's.
+        rinv = jnp.roll(memory.rinv, -1, axis=(0, 1)).at[-1].set(0.0)
         column = jnp.where(older, -(rinv @ jnp.where(older, sy_new, 0.0)) / d, 0.0).at[-1].set(1.0 / d)
         yy = jnp.roll(memory.yy, -1, axis=(0, 1))
         yy = yy.at[-1, :].set(yy_new).at[:, -1].set(yy_new)
@@ -214,16 +216,18 @@ def inverse_hessian_times(memory: InverseMemory, g) -> Array:
     m, _, n = memory.w.shape
     w = memory.w.reshape(2 * m, n)  # rows s_0, y_0, s_1, y_1, ... (a free reshape)
     order, rank, valid = _age_order(memory.next, memory.count, m)
-    both = valid[:, None] & valid[None, :]
-    rinv = jnp.where(both, memory.rinv, jnp.eye(m, dtype=g.dtype))  # identity on empty slots
     gamma = 1.0 / memory.theta
     p = (w @ g).reshape(m, 2)
     a = jnp.where(valid, p[order, 0], 0.0)
     b = jnp.where(valid, p[order, 1], 0.0)
-    r_inv_a = rinv @ a
-    yy = jnp.where(both, memory.yy, 0.0)
-    middle = jnp.where(valid, memory.sy, 0.0) * r_inv_a + gamma * (yy @ r_inv_a)
-    u = (middle - gamma * b) @ rinv  # R^-T (...)
+    # The empty slots' rows and columns of R^-1 and Y^T Y are not masked (an m x m select each, most of
+    # an iteration's work on a small problem): the vectors they multiply are zero there, the products'
+    # empty entries are masked instead, and R^-1 is zero between a stored pair and an empty slot
+    # (push_inverse_pair), which gives the same values (finite stale entries times zero add zero;
+    # push_inverse_pair stores no other).
+    r_inv_a = jnp.where(valid, memory.rinv @ a, 0.0)
+    middle = jnp.where(valid, memory.sy * r_inv_a + gamma * (memory.yy @ r_inv_a), 0.0)
+    u = (middle - gamma * b) @ memory.rinv  # R^-T (...)
     coefficients = jnp.stack([u[rank], -gamma * r_inv_a[rank]], axis=1)  # back to slot order
     return gamma * g + coefficients.reshape(2 * m) @ w
 
