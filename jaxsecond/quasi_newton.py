@@ -31,7 +31,7 @@ from jax import Array, lax
 
 from jaxsecond.bounds import max_step_in_box
 from jaxsecond import descent as descent_lib
-from jaxsecond.descent import DescentMethod, cond_or_select, wolfe1_initial_step
+from jaxsecond.descent import DescentMethod, wolfe1_initial_step
 
 
 class LimitedMemory(NamedTuple):
@@ -183,9 +183,10 @@ def push_inverse_pair(memory: InverseMemory, s, y, keep=True) -> InverseMemory:
         return rinv.at[:, -1].set(column), yy, sy, theta, jnp.isfinite(theta) & jnp.all(jnp.isfinite(column))
 
     old = (memory.rinv, memory.yy, memory.sy, memory.theta)
-    *new, finite = cond_or_select(
-        keep, update, lambda: (*old, jnp.ones((), bool)), select=memory.w.size < descent_lib.SELECT_BELOW
-    )
+    if memory.w.size < descent_lib.SELECT_BELOW:  # a small update costs less than a conditional...
+        *new, finite = update()  # ... and the select below is the only one it needs
+    else:
+        *new, finite = lax.cond(keep, update, lambda: (*old, jnp.ones((), bool)))
     # A pair whose products overflow is not stored (as in push_pair). The test also makes the
     # write below depend on the products, so that XLA writes the pair in place after they have read
     # the buffer (with no data dependence between the two, it copies the whole buffer every trip).
