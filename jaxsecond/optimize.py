@@ -277,7 +277,7 @@ class _Prepared(NamedTuple):
     trace_key: Any
     traced: tuple  # the trace cache's (problem, consts) entry, compared by identity
     solve_key: Any
-    numeric: Any  # packed: device arrays, no transfer per call
+    numeric: Any  # packed: tolerances and budgets as device arrays (CurveBall's extras as they are)
     arrays_given: bool  # x0's leaves are jax arrays (the key fixes their types): no conversion
 
 

@@ -70,6 +70,13 @@ def reset_memory(memory, forget=True):
     )
 
 
+def _usable_scale(theta) -> Array:
+    """Whether a pair's ``theta = y.y / s.y`` can scale H0 = I / theta: a pair whose products overflow
+    (``y.y``, or ``s.y`` making theta 0) is not stored. Pairs that pass the curvature test have
+    ``s.y > 0`` and ``y != 0``, so no other pair is refused."""
+    return jnp.isfinite(theta) & (theta > 0)
+
+
 def push_pair(memory: LimitedMemory, s, y, keep=True) -> LimitedMemory:
     """Stores the pair ``(s, y)`` over the oldest one when ``keep``, and updates the Gram matrices.
 
@@ -83,7 +90,7 @@ def push_pair(memory: LimitedMemory, s, y, keep=True) -> LimitedMemory:
     m = memory.s.shape[0]
     k = memory.next
     theta = (y @ y) / (s @ y)
-    keep = keep & jnp.isfinite(theta)  # a pair whose products overflow is not stored
+    keep = keep & _usable_scale(theta)
     s = jnp.where(keep, s, memory.s[k])
     y = jnp.where(keep, y, memory.y[k])
     S = memory.s.at[k].set(s)
@@ -126,9 +133,9 @@ class InverseMemory(NamedTuple):
 
     The pairs stay in a circular buffer (slot ``k`` is rewritten in place, no O(mn) shifting); the
     ``m x m`` matrices are kept in age order, oldest first and the newest pair last, so that ``R``
-    is triangular as stored and a push is a shift by one row and column. Empty slots come first;
-    ``R^-1`` is zero between a stored pair and an empty slot, and their other entries are unspecified
-    (finite) and masked where used.
+    is triangular as stored and a push is a shift by one row and column. Empty slots come first.
+    ``R^-1`` and ``Y^T Y`` are zero between a stored pair and an empty slot; the empty slots' other
+    entries are stale (finite in ``R^-1`` and ``Y^T Y``) and masked where used.
     """
 
     w: Array  # (m, 2, n) s and y of the pair in slot k at [k]: one buffer, one pass, one write
@@ -168,7 +175,9 @@ def push_inverse_pair(memory: InverseMemory, s, y, keep=True) -> InverseMemory:
     def update():
         # Products with the pairs already stored (the slot's old pair is replaced by the new one's).
         p = (memory.w.reshape(2 * m, n) @ y).reshape(m, 2).at[k].set(jnp.stack([s @ y, y @ y]))
-        sy_new, yy_new = p[order, 0], p[order, 1]  # against the pairs in age order; last: itself
+        # Against the pairs in age order (the last: itself); zero against the empty slots, whose
+        # stale pairs need not have finite products with this one.
+        sy_new, yy_new = p[order, 0], jnp.where(valid, p[order, 1], 0.0)
         d = sy_new[-1]
         d = jnp.where(d != 0, d, 1.0)  # s.y = 0 only where the pair is not kept (selected, not branched)
         older = valid.at[-1].set(False)
@@ -180,7 +189,7 @@ def push_inverse_pair(memory: InverseMemory, s, y, keep=True) -> InverseMemory:
         yy = yy.at[-1, :].set(yy_new).at[:, -1].set(yy_new)
         sy = jnp.roll(memory.sy, -1).at[-1].set(d)
         theta = yy_new[-1] / d
-        return rinv.at[:, -1].set(column), yy, sy, theta, jnp.isfinite(theta) & jnp.all(jnp.isfinite(column))
+        return rinv.at[:, -1].set(column), yy, sy, theta, _usable_scale(theta) & jnp.all(jnp.isfinite(column))
 
     old = (memory.rinv, memory.yy, memory.sy, memory.theta)
     if memory.w.size < descent_lib.SELECT_BELOW:  # a small update costs less than a conditional...
@@ -223,9 +232,8 @@ def inverse_hessian_times(memory: InverseMemory, g) -> Array:
     b = jnp.where(valid, p[order, 1], 0.0)
     # The empty slots' rows and columns of R^-1 and Y^T Y are not masked (an m x m select each, most of
     # an iteration's work on a small problem): the vectors they multiply are zero there, the products'
-    # empty entries are masked instead, and R^-1 is zero between a stored pair and an empty slot
-    # (push_inverse_pair), which gives the same values (finite stale entries times zero add zero;
-    # push_inverse_pair stores no other).
+    # empty entries are masked instead, and both matrices are zero between a stored pair and an empty
+    # slot (push_inverse_pair), which gives the same values (finite stale entries times zero add zero).
     r_inv_a = jnp.where(valid, memory.rinv @ a, 0.0)
     middle = jnp.where(valid, memory.sy * r_inv_a + gamma * (memory.yy @ r_inv_a), 0.0)
     u = (middle - gamma * b) @ memory.rinv  # R^-T (...)

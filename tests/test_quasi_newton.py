@@ -313,6 +313,18 @@ def test_inverse_memory_refuses_a_pair_whose_products_overflow():
     assert int(kept.count) == 2
 
 
+@pytest.mark.parametrize("inverse", [False, True])
+def test_a_pair_whose_curvature_overflows_is_not_stored(inverse):
+    """s.y = inf with a finite y.y would give theta = y.y / s.y = 0 and an infinite H0 = I / theta:
+    refused, as a pair whose y.y overflows is."""
+    push = qn.push_inverse_pair if inverse else qn.push_pair
+    s, y = _pairs(1)
+    memory = _memory(s, y, inverse=inverse)
+    after = push(memory, jnp.full(N, 1e300), jnp.full(N, 1e10))
+    for name in type(memory)._fields:
+        np.testing.assert_array_equal(getattr(after, name), getattr(memory, name), err_msg=name)
+
+
 def test_branched_and_selected_loops_take_the_same_iterates(monkeypatch):
     """Below ``SELECT_BELOW`` elements the L-BFGS direction and push are computed on every trip and
     selected; above, taken by ``lax.cond``. Both forms must give the same solve (on a well-conditioned
