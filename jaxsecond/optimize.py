@@ -290,11 +290,12 @@ def _pack_numeric(numeric):
     hyper-parameters (``None`` for automatic) as they are. Concrete values are put on the device
     here, eagerly even under a trace, so that a cached call passes them without a transfer."""
     floats = [numeric[k] for k in _FLOAT_OPTIONS]
+    traced = any(isinstance(v, jax.core.Tracer) for v in floats)  # tol traced under jit
     with jax.ensure_compile_time_eval():
         ints = jax.device_put(np.asarray([numeric[k] for k in _INT_OPTIONS], np.int32))
-        if not any(isinstance(v, jax.core.Tracer) for v in floats):
+        if not traced:
             floats = jax.device_put(np.asarray(floats, np.float64))
-    if isinstance(floats, list):  # tol traced under jit
+    if traced:
         floats = jnp.stack([jnp.asarray(v, jnp.result_type(float)) for v in floats])
     rest = {k: v for k, v in numeric.items() if k not in _FLOAT_OPTIONS + _INT_OPTIONS}
     return floats, ints, rest

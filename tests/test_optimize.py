@@ -655,7 +655,6 @@ def test_fresh_closures_reuse_the_compiled_solve_and_equal_args():
     assert not np.allclose(results[0], results[1])
 
 
-
 @pytest.mark.parametrize("method", ["l-bfgs", "l-bfgs-b", "newton"])
 def test_cpu_compiler_options_give_the_solve_of_xla_defaults(method, monkeypatch):
     # A solve compiled outside any trace gets CPU_COMPILER_OPTIONS (faster to compile); inside a
@@ -690,6 +689,7 @@ def test_compiler_options_apply_to_small_solves_and_an_unknown_one_falls_back(mo
     optimize._COMPILE_CACHE.clear()
     res = js.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(3))
     np.testing.assert_allclose(res.x, 1.0, rtol=1e-8)
+
 
 # --- callback and scipy's bounds forms (issue 10) ----------------------------------------------------
 
