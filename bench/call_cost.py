@@ -70,13 +70,18 @@ def alternating(calls, rounds=6, repeats=201):
     return [statistics.median(times) for times in bursts]
 
 
+def newest_call():
+    """(compiled solve, captured arrays, packed options) of the newest ``js.minimize`` call: what remains
+    of a call once its front end is skipped."""
+    prepared = optimize._CALL_CACHE[next(reversed(optimize._CALL_CACHE))]
+    return optimize._COMPILE_CACHE[prepared.solve_key], prepared.traced[1], prepared.numeric
+
+
 def fixed_cost(w0):
     """(one-evaluation solve, its compiled program alone, a bare jitted call of the objective), seconds."""
     X, y = data(0)
     jax.block_until_ready(js.minimize(loss, w0, args=(X, y), options={"maxiter": 0}).x)
-    # The compiled solve alone (what remains of the call once the front end is skipped).
-    prepared = optimize._CALL_CACHE[next(reversed(optimize._CALL_CACHE))]
-    solve, consts, numeric = optimize._COMPILE_CACHE[prepared.solve_key], prepared.traced[1], prepared.numeric
+    solve, consts, numeric = newest_call()
     bare = jax.jit(loss)
     return alternating([lambda i: js.minimize(loss, w0, args=(X, y), options={"maxiter": 0}).x,
                         lambda i: solve(w0, (consts, (X, y)), None, None, numeric).x,
@@ -91,9 +96,8 @@ def small_problem():
     options = {"maxiter": 2000, "gtol": 1e-5, "maxcor": 10}  # bench/minimize.py's settings
     run = jax.jit(optax_lbfgs_loop(problem.fun))
     times = alternating([lambda i: js.minimize(problem.fun, x0, options=options).x, lambda i: run(x0)[0]])
-    prepared = optimize._CALL_CACHE[next(reversed(optimize._CALL_CACHE))]
-    solve = optimize._COMPILE_CACHE[prepared.solve_key].top_level
-    ours = solve.lower(x0, (prepared.traced[1], ()), None, None, prepared.numeric).compile()
+    solve, consts, numeric = newest_call()
+    ours = solve.top_level.lower(x0, (consts, ()), None, None, numeric).compile()
     flops = [compiled.cost_analysis()["flops"] for compiled in (ours, run.lower(x0).compile())]
     return times, flops
 
