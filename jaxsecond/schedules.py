@@ -7,6 +7,8 @@ step. optax has no cyclical schedule, no `T_mult` restarts and no momentum sched
 written here, transcribing the PyTorch formulas (phase boundaries included) into array code.
 """
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -14,6 +16,12 @@ from jaxsecond._validation import check_number, check_positive_int
 
 _CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 _ANNEAL_STRATEGIES = ("cos", "linear")
+
+
+def _integer(step):
+  """``step`` as an integer array, or None when it is not one (a float step keeps the float path)."""
+  step = jnp.asarray(step)
+  return step if jnp.issubdtype(step.dtype, jnp.integer) else None
 
 
 def _as_float(step):
@@ -44,7 +52,9 @@ def cyclic(base_value, max_value, step_size_up, step_size_down=None, mode="trian
   `x = 1 + t / total - cycle`, the value is `base + (max - base) * h(x) * scale`, where `h` rises
   linearly from 0 to 1 over the first `step_size_up` steps of a cycle and falls back over the rest.
   `scale` is 1 (`triangular`), `1 / 2^(cycle - 1)` (`triangular2`) or `gamma^t` (`exp_range`,
-  evaluated per iteration).
+  evaluated per iteration). PyTorch's `CyclicLR` also cycles the momentum by default, between
+  `base_momentum` and `max_momentum` in the opposite direction; that schedule is
+  `base_momentum + max_momentum - cyclic(base_momentum, max_momentum, ...)(step)`.
 
   Args:
     base_value: lower boundary of the cycle.
@@ -97,9 +107,15 @@ def cyclic(base_value, max_value, step_size_up, step_size_down=None, mode="trian
     }[mode]
 
   def schedule(step):
-    t = _as_float(step)
-    cycle = jnp.floor(1 + t / total)
-    x = 1.0 + t / total - cycle
+    t, whole = _as_float(step), _integer(step)
+    if whole is not None and total.is_integer():
+      # In integers, the cycle and the position in it stay exact at any step (in float32, a step
+      # above 2^24 is rounded and would land in the wrong cycle).
+      completed, into = jnp.divmod(whole, int(total))
+      cycle, x = _as_float(completed) + 1.0, _as_float(into) / total
+    else:
+      cycle = jnp.floor(1 + t / total)
+      x = 1.0 + t / total - cycle
     scale_factor = jnp.where(x <= ratio, x / ratio, (x - 1) / (ratio - 1))
     height = (max_value - base_value) * scale_factor
     return base_value + height * scale_fn(cycle if scale_mode == "cycle" else t)
@@ -108,26 +124,31 @@ def cyclic(base_value, max_value, step_size_up, step_size_down=None, mode="trian
 
 
 def _one_cycle_phases(total_steps, pct_start, three_phase):
-  """PyTorch's OneCycleLR phases: (end_step, start_key, end_key) with keys into the value table."""
+  """PyTorch's OneCycleLR phases that some step in ``0..total_steps`` reaches: tuples ``(start_step,
+  end_step, bound, last_step, start_key, end_key)``, keys into the value table. A step is in the first
+  phase whose ``bound`` it does not exceed (``end_step``; ``total_steps`` for the last phase), and
+  ``last_step`` is the largest integer step there; a phase no step reaches is left out (PyTorch never
+  evaluates it)."""
   if three_phase:
-    phases = [
-        (float(pct_start * total_steps) - 1, "initial", "peak"),
-        (float(2 * pct_start * total_steps) - 2, "peak", "initial"),
-        (total_steps - 1, "initial", "final"),
-    ]
+    ends = [float(pct_start * total_steps) - 1, float(2 * pct_start * total_steps) - 2, total_steps - 1]
+    keys = [("initial", "peak"), ("peak", "initial"), ("initial", "final")]
   else:
-    phases = [
-        (float(pct_start * total_steps) - 1, "initial", "peak"),
-        (total_steps - 1, "peak", "final"),
-    ]
-  start = 0.0
-  for end, _, _ in phases:
-    # PyTorch divides by the phase length; an empty or reversed phase is a division by zero there.
-    if not end > start:
-      raise ValueError(
-          f"pct_start={pct_start!r} with total_steps={total_steps!r} gives an empty one-cycle phase "
-          "(each phase needs at least one step); raise total_steps or change pct_start.")
-    start = end
+    ends = [float(pct_start * total_steps) - 1, total_steps - 1]
+    keys = [("initial", "peak"), ("peak", "final")]
+  phases, start, first = [], 0.0, 0  # first: the smallest step past the end_step of every phase before
+  for index, (end, (start_key, end_key)) in enumerate(zip(ends, keys)):
+    bound = total_steps if index == len(ends) - 1 else end
+    last_step = math.floor(bound)
+    if first <= last_step:
+      # PyTorch divides by the phase's length: a zero-length phase that a step reaches is a
+      # division by zero there (at that step), an error here.
+      if end == start:
+        raise ValueError(
+            f"pct_start={pct_start!r} with total_steps={total_steps!r} gives a one-cycle phase of "
+            f"no steps that step {first} reaches (PyTorch divides by zero there); raise total_steps "
+            "or change pct_start.")
+      phases.append((start, end, bound, last_step, start_key, end_key))
+    start, first = end, max(first, math.floor(end) + 1)
   return phases
 
 
@@ -139,7 +160,7 @@ def _anneal(strategy, start, end, pct):
 
 def _check_one_cycle(total_steps, pct_start, anneal_strategy, three_phase):
   check_positive_int("total_steps", total_steps)
-  check_number("pct_start", pct_start, low=0.0, high=1.0, low_open=True, high_open=True)
+  check_number("pct_start", pct_start, low=0.0, high=1.0)
   if anneal_strategy not in _ANNEAL_STRATEGIES:
     raise ValueError(f"anneal_strategy must be one of {_ANNEAL_STRATEGIES}, got {anneal_strategy!r}.")
   if not isinstance(three_phase, bool):
@@ -151,16 +172,13 @@ def _piecewise_anneal(total_steps, pct_start, anneal_strategy, three_phase, valu
   phases = _one_cycle_phases(total_steps, pct_start, three_phase)
 
   def schedule(step):
-    t = _as_float(step)
+    t, whole = _as_float(step), _integer(step)
     result = values["final"] * jnp.ones_like(t)
-    # Walk the phases backwards so the first phase whose end_step >= t wins, as in PyTorch's loop.
-    starts = [0.0] + [end for end, _, _ in phases[:-1]]
-    for index in reversed(range(len(phases))):
-      end, start_key, end_key = phases[index]
-      pct = (t - starts[index]) / (end - starts[index])
-      value = _anneal(anneal_strategy, values[start_key], values[end_key], pct)
-      inside = t <= total_steps if index == len(phases) - 1 else t <= end
-      result = jnp.where(inside, value, result)
+    # Walk the phases backwards so that the first phase a step has not passed wins; an integer step
+    # is compared in integers (exact at any step).
+    for start, end, bound, last_step, start_key, end_key in reversed(phases):
+      value = _anneal(anneal_strategy, values[start_key], values[end_key], (t - start) / (end - start))
+      result = jnp.where(t <= bound if whole is None else whole <= last_step, value, result)
     return result
 
   return schedule
@@ -179,7 +197,7 @@ def one_cycle(total_steps, max_value, pct_start=0.3, anneal_strategy="cos", div_
   Args:
     total_steps: number of optimizer steps in the cycle (positive int).
     max_value: peak learning rate.
-    pct_start: fraction of the steps spent increasing, in (0, 1).
+    pct_start: fraction of the steps spent increasing, in [0, 1].
     anneal_strategy: `"cos"` or `"linear"`.
     div_factor: initial value is `max_value / div_factor` (> 0).
     final_div_factor: final value is the initial value / `final_div_factor` (> 0).
@@ -218,7 +236,7 @@ def one_cycle_momentum(total_steps, pct_start=0.3, base_momentum=0.85, max_momen
 
   Args:
     total_steps: number of optimizer steps in the cycle (positive int).
-    pct_start: fraction of the steps spent increasing the learning rate, in (0, 1).
+    pct_start: fraction of the steps spent increasing the learning rate, in [0, 1].
     base_momentum: lowest momentum, reached at the learning-rate peak.
     max_momentum: highest momentum (>= `base_momentum`).
     anneal_strategy: `"cos"` or `"linear"`.
@@ -299,7 +317,11 @@ def cosine_warm_restarts(base_value, t_0, t_mult=1, eta_min=0.0):
       return t - jnp.asarray(starts)[index], jnp.asarray(lengths)[index]
 
   def schedule(step):
-    t_cur, t_i = period(_as_float(step))
+    # An integer step finds its period in integers (exact at any step: in float32 a step above
+    # 2^24 is rounded); the position in the period is converted afterwards.
+    whole = _integer(step)
+    t_cur, t_i = period(_as_float(step) if whole is None else whole)
+    t_cur, t_i = _as_float(t_cur), _as_float(t_i)
     return eta_min + (base_value - eta_min) * (1 + jnp.cos(jnp.pi * t_cur / t_i)) / 2
 
   return schedule

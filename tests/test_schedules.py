@@ -27,12 +27,16 @@ def _schedules(spec):
     custom = {}
     if "scale_fn" in spec:
       custom = dict(scale_fn=SCALE_FNS[spec["scale_fn"]], scale_mode=kwargs["scale_mode"])
-    lr = js.schedules.cyclic(
-        kwargs["base_lr"], kwargs["max_lr"], kwargs["step_size_up"], kwargs.get("step_size_down"),
-        mode=kwargs.get("mode", "triangular"), gamma=kwargs.get("gamma", 1.0), **custom)
-    return lr, None
+    shape = dict(step_size_up=kwargs["step_size_up"], step_size_down=kwargs.get("step_size_down"),
+                 mode=kwargs.get("mode", "triangular"), gamma=kwargs.get("gamma", 1.0), **custom)
+    lr = js.schedules.cyclic(kwargs["base_lr"], kwargs["max_lr"], **shape)
+    if not spec.get("cycle_momentum"):
+      return lr, None
+    # PyTorch's momentum cycle, as README gives it: the same shape between the momenta, reversed.
+    low, high = kwargs["base_momentum"], kwargs["max_momentum"]
+    return lr, lambda step: low + high - js.schedules.cyclic(low, high, **shape)(step)
   if spec["name"] == "OneCycleLR":
-    common = dict(pct_start=kwargs["pct_start"], anneal_strategy=kwargs.get("anneal_strategy", "cos"),
+    common = dict(pct_start=kwargs.get("pct_start", 0.3), anneal_strategy=kwargs.get("anneal_strategy", "cos"),
                   three_phase=kwargs.get("three_phase", False))
     lr = js.schedules.one_cycle(kwargs["total_steps"], kwargs["max_lr"],
                                 div_factor=kwargs.get("div_factor", 25.0),
@@ -98,6 +102,32 @@ def test_values_adopt_float32_parameters_dtype(schedule):
   assert updates.dtype == jnp.float32
 
 
+_BIG = 2**24 + 1  # the first integer float32 cannot hold
+
+
+@pytest.mark.parametrize("schedule, period", [
+    (js.schedules.cyclic(0.0, 1.0, step_size_up=5), 10),
+    (js.schedules.cyclic(0.1, 1.0, step_size_up=3, step_size_down=4), 7),
+    (js.schedules.cosine_warm_restarts(1.0, t_0=3), 3),
+])
+def test_float32_mode_is_exact_at_steps_beyond_float32_integers(schedule, period):
+  """A periodic schedule at a step above 2^24 (an int32 step count float32 cannot hold) equals its
+  value at the same position in the first period, in float32 mode too."""
+  with jax.enable_x64(False):
+    for step in (_BIG, _BIG + 1, 2**30 + 7):
+      np.testing.assert_allclose(jax.jit(schedule)(jnp.int32(step)), schedule(step % period), rtol=1e-6)
+
+
+def test_sgdr_with_growing_periods_restarts_at_the_exact_step_beyond_float32_integers():
+  """Periods 3, 6, 12, ... start at 3 (2^k - 1); the one starting at 3 (2^23 - 1), an odd number above
+  2^24, restarts at that step exactly (a float32 step would be rounded to a neighbour)."""
+  schedule = jax.jit(js.schedules.cosine_warm_restarts(1.0, t_0=3, t_mult=2))
+  start = 3 * (2**23 - 1)
+  with jax.enable_x64(False):
+    np.testing.assert_allclose(schedule(jnp.int32(start)), 1.0)
+    np.testing.assert_allclose(schedule(jnp.int32(start - 1)), 0.0, atol=1e-6)  # the period before ends
+
+
 def test_float32_mode():
   schedule = js.schedules.cyclic(0.1, 1.0, 4)
   with jax.enable_x64(False):
@@ -114,14 +144,15 @@ def test_float32_mode():
     (js.schedules.cyclic, dict(base_value=0.1, max_value=1.0, step_size_up=3, mode="saw"), "mode"),
     (js.schedules.cyclic, dict(base_value=0.1, max_value=1.0, step_size_up=3, mode="exp_range",
                                gamma=0.0), "gamma"),
-    (js.schedules.one_cycle, dict(total_steps=100, max_value=0.1, pct_start=0.0), "pct_start"),
+    (js.schedules.one_cycle, dict(total_steps=100, max_value=0.1, pct_start=-0.1), "pct_start"),
+    (js.schedules.one_cycle, dict(total_steps=100, max_value=0.1, pct_start=1.1), "pct_start"),
+    # A zero-length phase that a step reaches (PyTorch divides by zero at that step): the rise at
+    # step 0, the fall at step 100.
     (js.schedules.one_cycle, dict(total_steps=100, max_value=0.1, pct_start=1.0), "pct_start"),
     (js.schedules.one_cycle, dict(total_steps=0, max_value=0.1), "total_steps"),
     (js.schedules.one_cycle, dict(total_steps=100, max_value=0.1, anneal_strategy="exp"),
      "anneal_strategy"),
     (js.schedules.one_cycle, dict(total_steps=10, max_value=0.1, pct_start=0.1), "pct_start"),
-    (js.schedules.one_cycle, dict(total_steps=100, max_value=0.1, pct_start=0.6, three_phase=True),
-     "pct_start"),
     (js.schedules.one_cycle_momentum, dict(total_steps=100, base_momentum=0.95, max_momentum=0.85),
      "max_momentum"),
     (js.schedules.cosine_warm_restarts, dict(base_value=0.1, t_0=0), "t_0"),

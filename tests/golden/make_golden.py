@@ -64,6 +64,11 @@ SCHEDULES = {
     "cyclic_fractional": dict(name="CyclicLR", steps=100,
                               kwargs=dict(base_lr=2e-3, max_lr=5e-2, step_size_up=4.5,
                                           step_size_down=3.25)),
+    # CyclicLR's default cycle_momentum=True: SGD's momentum from 0.9 down to 0.8 as the LR rises.
+    "cyclic_triangular2_momentum": dict(name="CyclicLR", steps=100, cycle_momentum=True,
+                                        kwargs=dict(base_lr=1e-3, max_lr=1e-1, step_size_up=5,
+                                                    mode="triangular2", base_momentum=0.8,
+                                                    max_momentum=0.9)),
     "cyclic_custom_scale_cycle": dict(name="CyclicLR", steps=100, scale_fn="inverse",
                                       kwargs=dict(base_lr=1e-3, max_lr=1e-1, step_size_up=5,
                                                   scale_mode="cycle")),
@@ -84,6 +89,17 @@ SCHEDULES = {
                                          kwargs=dict(max_lr=0.2, total_steps=97, pct_start=0.37,
                                                      three_phase=True,
                                                      anneal_strategy="linear")),
+    # Settings where a phase is reached by no step, or starts before step 0 (PyTorch skips or
+    # extrapolates it): one and three steps in all, no rise, a three-phase peak past the middle.
+    "one_cycle_one_step": dict(name="OneCycleLR", steps=1, kwargs=dict(max_lr=0.1, total_steps=1)),
+    "one_cycle_three_steps": dict(name="OneCycleLR", steps=3, kwargs=dict(max_lr=0.1, total_steps=3)),
+    "one_cycle_short_rise": dict(name="OneCycleLR", steps=4,
+                                 kwargs=dict(max_lr=0.1, total_steps=4, pct_start=0.2)),
+    "one_cycle_no_rise": dict(name="OneCycleLR", steps=50,
+                              kwargs=dict(max_lr=0.1, total_steps=50, pct_start=0.0)),
+    "one_cycle_three_phase_late_peak": dict(name="OneCycleLR", steps=100,
+                                            kwargs=dict(max_lr=0.1, total_steps=100, pct_start=0.6,
+                                                        three_phase=True)),
     "sgdr_t_mult_1": dict(name="CosineAnnealingWarmRestarts", steps=100,
                           kwargs=dict(T_0=10, T_mult=1, eta_min=0.0)),
     "sgdr_t_mult_2": dict(name="CosineAnnealingWarmRestarts", steps=400,
@@ -178,7 +194,7 @@ def run_schedule(spec):
     optimizer = torch.optim.SGD([param], lr=1.0, momentum=0.9)
   kwargs = dict(spec["kwargs"])
   if spec["name"] == "CyclicLR":
-    kwargs["cycle_momentum"] = False
+    kwargs["cycle_momentum"] = spec.get("cycle_momentum", False)
     if "scale_fn" in spec:
       kwargs["scale_fn"] = SCALE_FNS[spec["scale_fn"]]
   scheduler = getattr(torch.optim.lr_scheduler, spec["name"])(optimizer, **kwargs)
