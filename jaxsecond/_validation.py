@@ -13,19 +13,26 @@ def concrete_float(value):
   if isinstance(value, jax.core.Tracer):
     return None
   array = np.asarray(value)
-  if array.shape != () or not np.issubdtype(array.dtype, np.number):
+  real = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+  if array.shape != () or not real:
     return None
   return float(array)
 
 
-def check_number(name, value, *, low=None, high=None, low_open=False, high_open=False):
-  """Raises ValueError when a concrete scalar `value` is outside [low, high] (or the open ends)."""
-  number = concrete_float(value)
-  if number is None:
+def check_number(name, value, *, low=None, high=None, low_open=False, high_open=False, finite=True):
+  """Raises TypeError unless `value` is a real scalar (a Python or NumPy number, a 0-d array) or traced,
+  and ValueError when a concrete one is NaN, infinite (unless `finite` is false) or outside
+  [low, high] (or the open ends)."""
+  if isinstance(value, jax.core.Tracer):
     return
+  number = concrete_float(value)
+  if number is None or isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a real number, got {value!r}.")
+  if np.isnan(number) or (finite and np.isinf(number)):
+    raise ValueError(f"{name} must be a finite number, got {value!r}.")
   too_low = low is not None and (number <= low if low_open else number < low)
   too_high = high is not None and (number >= high if high_open else number > high)
-  if too_low or too_high or np.isnan(number):
+  if too_low or too_high:
     left = "(" if low_open else "["
     right = ")" if high_open else "]"
     low_text = "-inf" if low is None else repr(low)

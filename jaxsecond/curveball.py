@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxsecond._validation import check_number, concrete_float
+
 __all__ = [
     "CurveBallState",
     "curveball",
@@ -408,25 +410,14 @@ def nielsen_damping(damping, growth, ratio):
 # --------------------------------------------------------------------------------------------
 
 
-def _is_number(x):
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _check_number(name, value, *, low=None, high=None, low_open=False, optional=False):
-    """Validate a concrete scalar option; traced values (inject_hyperparams) pass through."""
+def _check_number(name, value, *, low=None, high=None, low_open=False, optional=False, finite=True):
+    """Validate a concrete scalar option (finite unless `finite` is false, in range); traced values
+    (inject_hyperparams) pass through."""
     if value is None:
         if optional:
             return
         raise TypeError(f"curveball: `{name}` must be a number, got None.")
-    if isinstance(value, bool) or not (_is_number(value) or isinstance(value, jax.Array)):
-        raise TypeError(f"curveball: `{name}` must be a real number, got {type(value).__name__}.")
-    if not _is_number(value):
-        return
-    if low is not None and (value <= low if low_open else value < low):
-        bound = ">" if low_open else ">="
-        raise ValueError(f"curveball: `{name}` must be {bound} {low}, got {value}.")
-    if high is not None and value > high:
-        raise ValueError(f"curveball: `{name}` must be <= {high}, got {value}.")
+    check_number(f"curveball: `{name}`", value, low=low, high=high, low_open=low_open, finite=finite)
 
 
 def _scalar_dtype(params):
@@ -706,7 +697,7 @@ def curveball(
       ...                             loss_fn=loss_fn)
       >>> params = optax.apply_updates(params, updates)
     """
-    _check_number("learning_rate", learning_rate, optional=True)
+    _check_number("learning_rate", learning_rate, low=0.0, optional=True)
     _check_number("momentum", momentum, optional=True)
     _check_number("damping", damping, low=0.0, low_open=adaptive_damping, optional=True)
     if not isinstance(adaptive_damping, bool):
@@ -730,13 +721,20 @@ def curveball(
     _check_number("damping_factor", damping_factor, low=0.0, high=1.0, low_open=True)
     _check_number("damping_low", damping_low)
     _check_number("damping_high", damping_high)
-    if _is_number(damping_low) and _is_number(damping_high) and damping_low > damping_high:
+    low, high = concrete_float(damping_low), concrete_float(damping_high)
+    if low is not None and high is not None and low > high:
         raise ValueError(
             f"curveball: `damping_low` ({damping_low}) must be <= `damping_high` ({damping_high})."
         )
-    if isinstance(damping_interval, bool) or not isinstance(damping_interval, numbers.Integral):
+    # An integer array is accepted too (traced or not): optax.inject_hyperparams passes every
+    # numeric argument as one, and the interval is only used in array arithmetic.
+    integer_array = jnp.ndim(damping_interval) == 0 and jnp.issubdtype(
+        getattr(damping_interval, "dtype", None) or type(damping_interval), jnp.integer)
+    if isinstance(damping_interval, bool) or not (isinstance(damping_interval, numbers.Integral)
+                                                  or integer_array):
         raise TypeError(f"curveball: `damping_interval` must be an int, got {damping_interval!r}.")
-    if damping_interval < 1:
+    interval = concrete_float(damping_interval)
+    if interval is not None and interval < 1:
         raise ValueError(f"curveball: `damping_interval` must be >= 1, got {damping_interval}.")
     if not isinstance(damped_ratio, bool):
         raise TypeError(f"curveball: `damped_ratio` must be a bool, got {damped_ratio!r}.")
@@ -745,9 +743,10 @@ def curveball(
             raise TypeError(
                 f"curveball: `momentum_range` must be None or a pair (low, high), got {momentum_range!r}."
             )
-        _check_number("momentum_range[0]", momentum_range[0])
-        _check_number("momentum_range[1]", momentum_range[1])
-        if all(_is_number(x) for x in momentum_range) and not momentum_range[0] <= momentum_range[1]:
+        _check_number("momentum_range[0]", momentum_range[0], finite=False)  # -inf, inf: unbounded
+        _check_number("momentum_range[1]", momentum_range[1], finite=False)
+        low, high = (concrete_float(x) for x in momentum_range)
+        if low is not None and high is not None and not low <= high:
             raise ValueError(
                 f"curveball: `momentum_range` must be two numbers with low <= high, got "
                 f"{momentum_range!r}."

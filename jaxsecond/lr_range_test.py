@@ -92,6 +92,8 @@ def _loss_arguments(batches, num_steps):
       produced += 1
       if produced == num_steps:
         return
+    if empty and produced == 0:
+      raise ValueError("batches yielded no batch: give at least one (or None for a full-batch loss).")
     if one_shot or empty:
       return
 
@@ -139,18 +141,22 @@ def lr_range_test(loss_fn, params, batches, optimizer=optax.adam, start_lr=1e-7,
   if isinstance(optimizer, optax.GradientTransformation) or not callable(optimizer):
     raise TypeError("optimizer must be a factory learning_rate -> optax.GradientTransformation "
                     f"(e.g. optax.sgd), got {optimizer!r}.")
+  parameters = inspect.signature(optimizer).parameters
+  if "learning_rate" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    raise TypeError("optimizer must be a factory with a `learning_rate` argument (the one the test "
+                    f"ramps), got one with arguments {tuple(parameters)}.")
   check_number("start_lr", start_lr, low=0.0, low_open=True)
   check_number("end_lr", end_lr, low=start_lr, low_open=True)
   check_positive_int("num_steps", num_steps)
   if num_steps < 2:
     raise ValueError(f"num_steps must be at least 2, got {num_steps}.")
   check_number("smooth", smooth, low=0.0, high=1.0, high_open=True)
-  check_number("diverge_factor", diverge_factor, low=1.0, low_open=True)
+  check_number("diverge_factor", diverge_factor, low=1.0, low_open=True, finite=False)  # inf: never stop
 
   ramp = _exponential_ramp(start_lr, end_lr, num_steps)
   # Only the learning rate is injected: inject_hyperparams would take any other callable argument
   # of the factory (a weight-decay mask in a functools.partial) for a schedule of the step count.
-  others = set(inspect.signature(optimizer).parameters) - {"learning_rate"}
+  others = set(parameters) - {"learning_rate"}
   opt = optax.inject_hyperparams(optimizer, static_args=others)(learning_rate=ramp)
   value_and_grad = jax.value_and_grad(loss_fn)
 

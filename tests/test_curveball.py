@@ -505,6 +505,18 @@ def test_inject_hyperparams_schedules_a_fixed_step_size():
     assert np.all(np.isfinite(params))
 
 
+def test_inject_hyperparams_needs_no_static_args():
+    """inject_hyperparams passes the default damping_interval as an integer array (traced in the
+    update): the same steps as the plain transform, with no static_args."""
+    fun, _ = _quadratic()
+    injected = optax.inject_hyperparams(js.curveball)(learning_rate=0.05, momentum=0.5)
+    params, state = _run(injected, jnp.zeros(6), lambda w: w, fun, steps=7)
+    plain_params, plain_state = _run(js.curveball(learning_rate=0.05, momentum=0.5), jnp.zeros(6),
+                                     lambda w: w, fun, steps=7)
+    np.testing.assert_allclose(params, plain_params, rtol=1e-12)
+    np.testing.assert_allclose(state.inner_state.damping, plain_state.damping, rtol=1e-12)
+
+
 def test_state_holds_one_parameter_sized_buffer():
     params, _, _ = _mlp_problem()
     state = js.curveball().init(params)
@@ -694,6 +706,14 @@ def test_defaults_train_the_softmax_regression_of_issue_13_for_mean_and_sum_loss
         ({"momentum_range": (1.0, 0.5)}, ValueError, "momentum_range"),
         ({"momentum_range": (0.5, "one")}, TypeError, "momentum_range"),
         ({"momentum_range": (np.nan, 1.0)}, ValueError, "momentum_range"),
+        ({"damping": np.nan}, ValueError, "damping"),
+        ({"damping": np.inf}, ValueError, "damping"),
+        ({"learning_rate": np.nan}, ValueError, "learning_rate"),
+        ({"learning_rate": -1.0}, ValueError, "learning_rate"),
+        ({"learning_rate": jnp.asarray(-1.0)}, ValueError, "learning_rate"),
+        ({"momentum": np.inf}, ValueError, "momentum"),
+        ({"damping_interval": jnp.int32(0)}, ValueError, "damping_interval"),
+        ({"damping_interval": jnp.float32(5.0)}, TypeError, "damping_interval"),
     ],
 )
 def test_invalid_options_raise(kwargs, error, name):

@@ -123,6 +123,9 @@ def test_plot_without_matplotlib_is_a_clear_import_error(monkeypatch):
     (dict(smooth=1.0), "smooth"),
     (dict(diverge_factor=1.0), "diverge_factor"),
     (dict(optimizer=optax.sgd(0.1)), "optimizer"),
+    (dict(optimizer=lambda lr: optax.sgd(lr)), "learning_rate"),
+    (dict(start_lr="a"), "start_lr"),
+    (dict(end_lr=None), "end_lr"),
 ])
 def test_invalid_arguments(kwargs, message):
   with pytest.raises((ValueError, TypeError), match=message):
@@ -154,3 +157,8 @@ def test_partial_factory_with_mask_callable_decays_the_masked_leaves():
     expected.append(4 * w**2 + 2 * b**2)
     w, b = w * (1 - lr * (2 + wd)), b * (1 - 2 * lr)
   np.testing.assert_allclose(result.losses, expected, rtol=1e-12)
+
+
+def test_no_batch_is_a_clear_error():
+  with pytest.raises(ValueError, match="batches"):
+    js.lr_range_test(lambda p, batch: jnp.sum((p - batch) ** 2), jnp.ones(4), [])

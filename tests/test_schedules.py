@@ -158,6 +158,9 @@ def test_float32_mode():
     (js.schedules.cosine_warm_restarts, dict(base_value=0.1, t_0=0), "t_0"),
     (js.schedules.cosine_warm_restarts, dict(base_value=0.1, t_0=5, t_mult=0), "t_mult"),
     (js.schedules.cosine_warm_restarts, dict(base_value=0.1, t_0=2.5), "t_0"),
+    (js.schedules.cosine_warm_restarts, dict(base_value=0.1, t_0=5, eta_min=None), "eta_min"),
+    (js.schedules.cyclic, dict(base_value="a", max_value=1.0, step_size_up=3), "base_value"),
+    (js.schedules.one_cycle, dict(total_steps=100, max_value=float("inf")), "max_value"),
 ])
 def test_invalid_arguments_are_clear_errors(factory, kwargs, message):
   with pytest.raises((ValueError, TypeError), match=message):

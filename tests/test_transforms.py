@@ -137,6 +137,9 @@ def test_sgdw_is_plain_trace_step_when_weight_decay_is_zero():
     (dict(learning_rate=0.1, weight_decay=-1e-4), "weight_decay"),
     (dict(learning_rate=0.1, nesterov=1), "nesterov"),
     (dict(learning_rate=0.1, momentum=0.0, nesterov=True), "nesterov"),
+    (dict(learning_rate=0.1, momentum=None), "momentum"),
+    (dict(learning_rate=0.1, weight_decay=None), "weight_decay"),
+    (dict(learning_rate=0.1, momentum=True), "momentum"),
 ])
 def test_sgdw_rejects_invalid_arguments(kwargs, message):
   with pytest.raises((ValueError, TypeError), match=message):
@@ -263,6 +266,11 @@ def test_multisteps_gradient_accumulation_equals_big_batch(inner):
     (dict(learning_rate=1e-3, b2=-0.1, amsgrad=True), "b2"),
     (dict(learning_rate=1e-3, eps=-1.0), "eps"),
     (dict(learning_rate=1e-3, weight_decay=-0.1), "weight_decay"),
+    (dict(learning_rate=float("inf")), "learning_rate"),
+    (dict(learning_rate=1e-3, weight_decay="x"), "weight_decay"),
+    (dict(learning_rate=1e-3, b1=None), "b1"),
+    (dict(learning_rate=1e-3, eps=None), "eps"),
+    (dict(learning_rate=1e-3, b2=float("nan")), "b2"),
 ])
 def test_adamw_rejects_invalid_arguments(kwargs, message):
   with pytest.raises((ValueError, TypeError), match=message):
