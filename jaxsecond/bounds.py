@@ -52,6 +52,8 @@ def _from_scipy_form(bounds, x0):
     if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
         return (bounds.lb, bounds.ub)
     single = len(jax.tree_util.tree_leaves(x0)) == 1 and not isinstance(x0, (tuple, list, dict))
+    if single and isinstance(bounds, np.ndarray) and bounds.ndim == 2 and bounds.shape[1] == 2:
+        bounds = [tuple(pair) for pair in bounds.tolist()]  # scipy's (n, 2) array of pairs
     pairs = isinstance(bounds, (tuple, list)) and all(
         isinstance(b, (tuple, list)) and len(b) == 2 for b in bounds
     )
@@ -79,7 +81,7 @@ def _broadcast_side(side, x0, name, fill):
     if side_struct != treedef:
         raise ValueError(
             f"bounds {name} must have the structure of x0 (or be a scalar or None); "
-            f"x0 has structure {treedef} but {name} has {side_struct}"
+            + _first_difference(x0, side, name) + f"x0 has structure {treedef} but {name} has {side_struct}"
         )
     paths = [keystr(p) for p, _ in tree_flatten_with_path(x0)[0]]
     side_leaves = jax.tree_util.tree_leaves(side, is_leaf=lambda v: v is None)
@@ -101,6 +103,18 @@ def _broadcast_side(side, x0, name, fill):
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def _first_difference(x0, side, name):
+    """Where the two structures part, as leaf paths one has and the other lacks ("" when their
+    paths agree and only node types differ)."""
+    x_paths = [keystr(p) for p, _ in tree_flatten_with_path(x0)[0]]
+    side_paths = [keystr(p) for p, _ in tree_flatten_with_path(side, is_leaf=lambda v: v is None)[0]]
+    missing = [p for p in x_paths if p not in side_paths]
+    if missing:
+        return f"{name} has no leaf at path {missing[0]}; "
+    extra = [p for p in side_paths if p not in x_paths]
+    return f"{name} has a leaf at path {extra[0]} that x0 lacks; " if extra else ""
+
+
 def _is_scalar(v):
     return isinstance(v, (int, float, np.number)) or (hasattr(v, "shape") and np.shape(v) == ())
 
@@ -110,14 +124,22 @@ def _check_order(lower, upper, x0):
     for path, lo, up in zip(paths, jax.tree_util.tree_leaves(lower), jax.tree_util.tree_leaves(upper)):
         if isinstance(lo, jax.core.Tracer) or isinstance(up, jax.core.Tracer):
             continue
-        bad = np.asarray(lo) > np.asarray(up)
+        lo, up = np.asarray(lo), np.asarray(up)
+        for name, side in (("lower", lo), ("upper", up)):
+            if np.isnan(side).any():
+                index = tuple(int(i) for i in np.argwhere(np.isnan(side))[0])
+                raise ValueError(
+                    f"bounds {name} is NaN at path {path or '<root>'}" + (f", index {index}" if index else "")
+                    + " (use -inf or inf, or None, for no bound)"
+                )
+        bad = lo > up
         if bad.any():
             where = np.argwhere(bad)[0]
             index = tuple(int(i) for i in where)
             raise ValueError(
                 f"bounds: lower > upper at path {path or '<root>'}"
                 + (f", index {index}" if index else "")
-                + f" ({float(np.asarray(lo)[index])} > {float(np.asarray(up)[index])})"
+                + f" ({float(lo[index])} > {float(up[index])})"
             )
 
 

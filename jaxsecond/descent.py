@@ -259,10 +259,13 @@ def run_descent(
             lambda *_: (state.search, jnp.int32(Status.RUNNING), state.longest),
             state.f, state.f_prev, state.nit, reductions,
         )
-        # An uphill direction: retry next trip without memory, or give up if there was none.
-        uphill = state.need_direction & (search.task == ls_lib.ERROR)
+        # An uphill direction: retry next trip without memory, or give up if there was none. So is
+        # a non-finite direction from a memory (L-BFGS-B's subspace system singular at a kink): the
+        # objective is not at fault; without a memory it is NONFINITE (Newton's Hessian overflowed).
+        retry = state.need_direction & ~empty & ~jnp.isfinite(reductions.dmax)
+        uphill = state.need_direction & (search.task == ls_lib.ERROR) | retry
         status = jnp.where(uphill & empty, Status.LINESEARCH_FAILED, state.status)
-        status = jnp.where(direction_status != Status.RUNNING, direction_status, status)
+        status = jnp.where((direction_status != Status.RUNNING) & ~retry, direction_status, status)
         return state._replace(
             d=d, search=search, memory=memory, status=status, need_direction=uphill, forget=uphill, longest=longest
         )
@@ -304,12 +307,11 @@ def run_descent(
         stopped = (search.task == ls_lib.CONVERGED) | (search.task == ls_lib.WARNING)
         # MINPACK-2 (and scipy) accept a warning step even where f rose; a descent method must never
         # return a worse point, so such a step is a failed search. So is a step that left f unchanged
-        # when ftol is 0 (the default): it is a stall, success only at a rounding-level gradient.
+        # when ftol is 0 (the default) or absent (BFGS, CG: -inf): it is a stall, success only at a
+        # rounding-level gradient.
         # With a positive ftol (scipy's) the step is taken as scipy takes it, and the solve stops
         # there, as scipy's, but as LINESEARCH_FAILED: FTOL is never success after an increase.
-        refused = ~initial & stopped & (
-            ((f_trial > f) & (options.ftol <= 0)) | ((f_trial == f) & (options.ftol == 0))
-        )
+        refused = ~initial & stopped & (f_trial >= f) & (options.ftol <= 0)
         accepted = ~unbounded & (initial | (stopped & ~refused))
         failed = ~unbounded & ~initial & (
             (search.task == ls_lib.ERROR) | (searching & (search.nfev >= options.maxls)) | refused
@@ -381,7 +383,9 @@ def run_descent(
         """Evaluates the trial point and moves the search, or takes the trial as the next iterate."""
         active = ~state.need_direction & (state.status == Status.RUNNING)
         initial = state.nfev == 0
-        x_trial = jnp.where(initial, state.x, project(state.x + state.search.stp * state.d, lower, upper))
+        # A trip with no search to advance evaluates the iterate again (and discards it), never a
+        # point along a direction that was refused (it may be non-finite: the objective must not see it).
+        x_trial = jnp.where(initial | ~active, state.x, project(state.x + state.search.stp * state.d, lower, upper))
         with jax.named_scope("objective"):
             f_trial, g_trial = value_and_grad(x_trial)
         f_trial = jnp.asarray(f_trial, dtype)

@@ -381,6 +381,8 @@ def _resolve_options(name, spec, tol, options):
             _check_number(key, value, low=0.0)
             if key == "eta" and not isinstance(value, jax.core.Tracer) and not value < 0.25:
                 raise ValueError(f"options['eta'] must be in [0, 0.25) (scipy's trust-region rule); got {value}")
+            if key.endswith("trust_radius") and not isinstance(value, jax.core.Tracer) and not value > 0:
+                raise ValueError(f"options[{key!r}] must be positive (as scipy's); got {value}")
     return opts
 
 
@@ -416,6 +418,8 @@ def _check_x0(x0):
                 f"x0 leaf at path {where} has dtype {dtype}; minimize needs floating arrays "
                 "(cast it, e.g. jnp.asarray(x, jnp.float32))"
             )
+    if all(np.size(leaf) == 0 for _, leaf in leaves):
+        raise ValueError("x0 has no element to optimise: every leaf is empty (size 0)")
 
 
 def _canonical_number(value, key):
@@ -679,16 +683,27 @@ def _accepted_by_xla(items):
 
 class _CompiledSolve(NamedTuple):
     """A solve's ``jax.jit`` with :func:`_compiler_options` for calls outside any trace, and without
-    them for calls under one (jit, vmap, grad)."""
+    them for calls under one (jit, vmap, grad). Outside a trace, an exception the user's callback
+    raised (it stopped the solve) is raised again once the solve has returned."""
 
     top_level: Callable
     traced: Callable
+    callback: bool
 
     def __call__(self, *args):
         # jax has no public test for "outside any trace"; should its eval trace be renamed, every
         # call takes the plain jit (XLA's defaults), never an error.
         top = type(jax.extend.core.find_top_trace(())).__name__ == "EvalTrace"
-        return (self.top_level if top else self.traced)(*args)
+        if not top:
+            return self.traced(*args)
+        result = self.top_level(*args)
+        if self.callback:
+            jax.block_until_ready(result)  # the callback has run for every iterate
+            if _CALLBACK_ERRORS:
+                error = _CALLBACK_ERRORS[0]
+                _CALLBACK_ERRORS.clear()
+                raise error
+        return result
 
 
 def _compiled_solve(problem, config, n):
@@ -696,12 +711,22 @@ def _compiled_solve(problem, config, n):
         solve = functools.partial(_solve, problem, config)
         options = _compiler_options(n)
         traced = jax.jit(solve)
-        return _CompiledSolve(jax.jit(solve, compiler_options=options) if options else traced, traced)
+        callback = config.callback is not None
+        if not options and not callback:
+            return _CompiledSolve(traced, traced, False)
+        top = functools.partial(solve, reraise=callback)
+        return _CompiledSolve(jax.jit(top, compiler_options=options) if options else jax.jit(top), traced, callback)
 
     return _lru_get(_COMPILE_CACHE, (problem, config), make, _COMPILE_CACHE_SIZE)
 
 
-def _host_callback(callback, x, f, nit, nfev):
+# Exceptions raised by users' callbacks in solves called outside any trace: the callback runs in
+# XLA's runtime, which would report them as its own error; the solve stops instead and the front
+# end raises them again (_CompiledSolve).
+_CALLBACK_ERRORS: list = []
+
+
+def _host_callback(callback, reraise, x, f, nit, nfev):
     intermediate = OptimizeResult(
         x=x, fun=f, jac=None, nit=nit, nfev=nfev, njev=nfev, status=np.int32(Status.RUNNING), success=False
     )
@@ -709,11 +734,16 @@ def _host_callback(callback, x, f, nit, nfev):
         stop = callback(intermediate)
     except StopIteration:
         stop = True
+    except Exception as error:  # noqa: BLE001 - raised again by the front end
+        if not reraise:
+            raise
+        _CALLBACK_ERRORS.append(error)
+        stop = True
     stop = np.asarray(stop) if isinstance(stop, (bool, np.bool_, np.ndarray, jax.Array)) else None
     return np.bool_(stop is not None and stop.dtype == bool and stop.ndim == 0 and bool(stop))
 
 
-def _solve(problem, config, x0, args, lower, upper, numeric):
+def _solve(problem, config, x0, args, lower, upper, numeric, reraise=False):
     method = config.method
     spec = _METHODS[method]
     x_flat, unravel = ravel_pytree(x0)
@@ -735,7 +765,7 @@ def _solve(problem, config, x0, args, lower, upper, numeric):
 
     on_iterate = None
     if config.callback is not None:
-        host = functools.partial(_host_callback, config.callback.obj)
+        host = functools.partial(_host_callback, config.callback.obj, reraise)
 
         def on_iterate(x, f, g, nit, nfev):
             return io_callback(host, jax.ShapeDtypeStruct((), bool), unravel(x), f, nit, nfev, ordered=True)
@@ -767,6 +797,10 @@ def _solve(problem, config, x0, args, lower, upper, numeric):
     x, f, g, nit, nfev, status = differentiable_solve(
         functools.partial(single_kernel.call, solve), flat_value_and_grad
     )(jnp.clip(x_flat, lo, up), args, lo, up, numeric)
+    # Traced bounds cannot be checked at call time (concrete ones are a ValueError): an empty box
+    # makes the result infeasible, whatever the loop reported.
+    if lower is not None:
+        status = jnp.where(jnp.all(lo <= up), status, Status.INFEASIBLE).astype(status.dtype)
     return OptimizeResult(
         x=unravel(x), fun=f, jac=unravel(g), nit=nit, nfev=nfev,
         njev=nit + 1 if method == "curveball" else nfev, status=status,

@@ -260,6 +260,12 @@ class _Compact(NamedTuple):
     valid2: Array  # (2m,) slots holding a pair, repeated for the Y and S halves
 
 
+def _linear_solve(a, b):
+    """``jnp.linalg.solve`` in at least float32 (LAPACK has no float16 or bfloat16), in ``a``'s dtype."""
+    wide = jnp.promote_types(a.dtype, jnp.float32)
+    return jnp.linalg.solve(a.astype(wide), b.astype(wide)).astype(a.dtype)
+
+
 def _compact_representation(memory: LimitedMemory) -> _Compact:
     rank, valid = _ranks(memory)
     both = valid[:, None] & valid[None, :]
@@ -272,7 +278,7 @@ def _compact_representation(memory: LimitedMemory) -> _Compact:
     valid2 = jnp.concatenate([valid, valid])
     # Empty slots get an identity block, decoupled from the rest (their rows of W are masked to 0).
     minv = jnp.where(valid2[:, None] & valid2[None, :], minv, jnp.eye(minv.shape[0], dtype=minv.dtype))
-    mmat = jnp.linalg.solve(minv, jnp.eye(minv.shape[0], dtype=minv.dtype))
+    mmat = _linear_solve(minv, jnp.eye(minv.shape[0], dtype=minv.dtype))
     return _Compact(theta=theta, minv=minv, mmat=mmat, valid2=valid2)
 
 
@@ -489,7 +495,7 @@ def subspace_minimization(memory: LimitedMemory, compact: _Compact, x, g, lower,
     gram = jnp.where(both, scale[:, None] * unscaled_gram * scale, 0.0)
     wtr0 = jnp.where(compact.valid2, scale * w0_r0, 0.0)
     mc = compact.mmat @ c
-    v = jnp.linalg.solve(compact.minv - gram / theta, wtr0 + gram @ mc)
+    v = _linear_solve(compact.minv - gram / theta, wtr0 + gram @ mc)
     dhat = jnp.where(free, r0 / theta + _w_times(memory, compact, mc / theta + v / theta**2), 0.0)
 
     projected = jnp.clip(xcp + dhat, lower, upper)
