@@ -11,7 +11,10 @@ Then what a user waits for on a first call (issue #11's measure): in each of ``-
 processes (imports excluded), ``js.minimize(chained_rosenbrock, x0, method=...)`` called outside any
 jit, that is trace, compile and solve, beside optax.lbfgs's loop in ``jax.jit`` called the first
 time; jaxsecond also with XLA's default compiler options (``CPU_COMPILER_OPTIONS = {}``), to show
-what its own options cut. Run by hand::
+what its own options cut. Each first call is also read in CPU seconds (the process's user + system
+time over the call): XLA compiles a program of many kernels on several threads at once, and a solve
+compiled into one kernel (``jaxsecond._single_kernel``) as one LLVM function on one thread, so the
+wall-clock ratio depends on how many cores are idle and the CPU ratio does not. Run by hand::
 
     pip install -e ".[bench]"
     python bench/compile_cost.py            # writes bench/results/compile_cost.md
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -86,29 +90,34 @@ def measure(make_run, repeats):
 FIRST_CALLS = [("l-bfgs", False), ("l-bfgs", True), ("l-bfgs-b", False), ("l-bfgs-b", True), ("optax.lbfgs", False)]
 
 
+def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def first_call(solver, xla_defaults):
-    """Seconds from a first call to its result, in this (fresh) process."""
+    """Wall-clock and CPU seconds from a first call to its result, in this (fresh) process."""
     if xla_defaults:
         from jaxsecond import optimize
 
         optimize.CPU_COMPILER_OPTIONS = {}
     x0 = jnp.tile(jnp.array([-1.2, 1.0]), N // 2)
     call = (lambda: jax.jit(run_optax)(x0)) if solver == "optax.lbfgs" else (lambda: jaxsecond_solver(solver)(x0))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     jax.block_until_ready(call())
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds() - cpu_start
 
 
 def first_calls(repeats):
-    """Median first-call seconds of each of :data:`FIRST_CALLS`, over ``repeats`` fresh processes
-    (the solvers alternate, so that a change in the machine's load reaches them all)."""
+    """Median first-call (wall, CPU) seconds of each of :data:`FIRST_CALLS`, over ``repeats`` fresh
+    processes (the solvers alternate, so that a change in the machine's load reaches them all)."""
     seconds = {case: [] for case in FIRST_CALLS}
     for _ in range(repeats):
         for solver, xla_defaults in FIRST_CALLS:
             argv = [sys.executable, __file__, "--first-call", solver] + (["--xla-defaults"] if xla_defaults else [])
             out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
             seconds[(solver, xla_defaults)].append(json.loads(out.splitlines()[-1]))
-    return {case: statistics.median(v) for case, v in seconds.items()}
+    return {case: tuple(statistics.median(t) for t in zip(*v)) for case, v in seconds.items()}
 
 
 def main():
@@ -166,15 +175,18 @@ def main():
         "excluded): `js.minimize(chained_rosenbrock, x0, method=...)` outside any jit (trace, compile, "
         "solve) and optax.lbfgs's loop in `jax.jit`. \"XLA defaults\": jaxsecond with "
         "`jaxsecond.optimize.CPU_COMPILER_OPTIONS = {}`. The table above compiles every solver inside "
-        "the caller's jit, where jaxsecond's options do not apply.",
+        "the caller's jit, where jaxsecond's options do not apply. CPU s: the process's user + system "
+        "time over the call (XLA compiles a program's kernels on several threads, a one-kernel solve on "
+        "one: the wall-clock ratio depends on the idle cores, the CPU ratio does not).",
         "",
-        "| first call | s | / optax.lbfgs |",
-        "|---|---|---|",
+        "| first call | wall s | / optax.lbfgs | CPU s | / optax.lbfgs |",
+        "|---|---|---|---|---|",
     ]
-    for (solver, xla_defaults), sec in firsts.items():
+    for (solver, xla_defaults), (sec, cpu) in firsts.items():
         name = solver if solver.startswith("optax") else f"js.minimize {solver}" + (" (XLA defaults)" if xla_defaults else "")
-        lines.append(f"| {name} | {sec:.2f} | {sec / optax_first:.2f} |")
-        print(f"  first call, {name}: {sec:.2f} s ({sec / optax_first:.2f}x optax.lbfgs)", flush=True)
+        lines.append(f"| {name} | {sec:.2f} | {sec / optax_first[0]:.2f} | {cpu:.2f} | {cpu / optax_first[1]:.2f} |")
+        print(f"  first call, {name}: {sec:.2f} s ({sec / optax_first[0]:.2f}x optax.lbfgs), CPU {cpu:.2f} s "
+              f"({cpu / optax_first[1]:.2f}x)", flush=True)
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     path = os.path.join(os.path.dirname(__file__), "results", "compile_cost.md")
     with open(path, "w") as fh:
