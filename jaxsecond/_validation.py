@@ -5,6 +5,7 @@ calls the factory inside the compiled update), so every check here skips values 
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -13,7 +14,8 @@ def concrete_float(value):
   if isinstance(value, jax.core.Tracer):
     return None
   array = np.asarray(value)
-  real = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+  # jnp's test knows the ml_dtypes (bfloat16) that NumPy's does not.
+  real = jnp.issubdtype(array.dtype, jnp.integer) or jnp.issubdtype(array.dtype, jnp.floating)
   if array.shape != () or not real:
     return None
   return float(array)

@@ -18,10 +18,16 @@ _CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 _ANNEAL_STRATEGIES = ("cos", "linear")
 
 
-def _integer(step):
-  """``step`` as an integer array, or None when it is not one (a float step keeps the float path)."""
+def _integer(step, *constants):
+  """``step`` as an integer array of at least 32 bits, or None when it is not an integer or one of
+  the schedule's integer ``constants`` does not fit that type (the float path is taken then)."""
   step = jnp.asarray(step)
-  return step if jnp.issubdtype(step.dtype, jnp.integer) else None
+  if not jnp.issubdtype(step.dtype, jnp.integer):
+    return None
+  step = step.astype(jnp.promote_types(step.dtype, jnp.int32))
+  if any(abs(c) > jnp.iinfo(step.dtype).max for c in constants):
+    return None
+  return step
 
 
 def _as_float(step):
@@ -35,8 +41,8 @@ def _as_float(step):
 def _check_step_size(name, value):
   if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
     raise TypeError(f"{name} must be a positive number, got {value!r}.")
-  if not value > 0:
-    raise ValueError(f"{name} must be positive, got {value!r}.")
+  if not (value > 0 and math.isfinite(value)):
+    raise ValueError(f"{name} must be positive and finite, got {value!r}.")
 
 
 def _check_ordered(low_name, low, high_name, high):
@@ -107,8 +113,8 @@ def cyclic(base_value, max_value, step_size_up, step_size_down=None, mode="trian
     }[mode]
 
   def schedule(step):
-    t, whole = _as_float(step), _integer(step)
-    if whole is not None and total.is_integer():
+    t, whole = _as_float(step), (_integer(step, int(total)) if total.is_integer() else None)
+    if whole is not None:
       # In integers, the cycle and the position in it stay exact at any step (in float32, a step
       # above 2^24 is rounded and would land in the wrong cycle).
       completed, into = jnp.divmod(whole, int(total))
@@ -137,7 +143,8 @@ def _one_cycle_phases(total_steps, pct_start, three_phase):
     keys = [("initial", "peak"), ("peak", "final")]
   phases, start, first = [], 0.0, 0  # first: the smallest step past the end_step of every phase before
   for index, (end, (start_key, end_key)) in enumerate(zip(ends, keys)):
-    bound = total_steps if index == len(ends) - 1 else end
+    # Steps past total_steps hold the final value, also where a phase would end later.
+    bound = total_steps if index == len(ends) - 1 else min(end, total_steps)
     last_step = math.floor(bound)
     if first <= last_step:
       # PyTorch divides by the phase's length: a zero-length phase that a step reaches is a
@@ -172,7 +179,7 @@ def _piecewise_anneal(total_steps, pct_start, anneal_strategy, three_phase, valu
   phases = _one_cycle_phases(total_steps, pct_start, three_phase)
 
   def schedule(step):
-    t, whole = _as_float(step), _integer(step)
+    t, whole = _as_float(step), _integer(step, *(phase[3] for phase in phases))
     result = values["final"] * jnp.ones_like(t)
     # Walk the phases backwards so that the first phase a step has not passed wins; an integer step
     # is compared in integers (exact at any step).
@@ -197,7 +204,8 @@ def one_cycle(total_steps, max_value, pct_start=0.3, anneal_strategy="cos", div_
   Args:
     total_steps: number of optimizer steps in the cycle (positive int).
     max_value: peak learning rate.
-    pct_start: fraction of the steps spent increasing, in [0, 1].
+    pct_start: fraction of the steps spent increasing, in [0, 1] (1 only with `three_phase`: in two
+      phases the fall would have no steps, where PyTorch divides by zero at step `total_steps`).
     anneal_strategy: `"cos"` or `"linear"`.
     div_factor: initial value is `max_value / div_factor` (> 0).
     final_div_factor: final value is the initial value / `final_div_factor` (> 0).
@@ -319,7 +327,7 @@ def cosine_warm_restarts(base_value, t_0, t_mult=1, eta_min=0.0):
   def schedule(step):
     # An integer step finds its period in integers (exact at any step: in float32 a step above
     # 2^24 is rounded); the position in the period is converted afterwards.
-    whole = _integer(step)
+    whole = _integer(step, t_0)
     t_cur, t_i = period(_as_float(step) if whole is None else whole)
     t_cur, t_i = _as_float(t_cur), _as_float(t_i)
     return eta_min + (base_value - eta_min) * (1 + jnp.cos(jnp.pi * t_cur / t_i)) / 2

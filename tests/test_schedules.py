@@ -128,6 +128,30 @@ def test_sgdr_with_growing_periods_restarts_at_the_exact_step_beyond_float32_int
     np.testing.assert_allclose(schedule(jnp.int32(start - 1)), 0.0, atol=1e-6)  # the period before ends
 
 
+def test_one_cycle_holds_its_final_value_past_total_steps_also_with_a_late_peak():
+  """Three phases whose second would end after total_steps (2 pct T - 2 > T): PyTorch stops at step
+  T (it raises after); we hold the final value from T + 1 on, as for every other setting."""
+  schedule = js.schedules.one_cycle(100, 0.1, pct_start=0.75, three_phase=True)
+  final = 0.1 / 25.0 / 1e4
+  assert float(schedule(100)) > 0.05  # still falling from the peak at step T
+  np.testing.assert_allclose([schedule(101), schedule(120), schedule(10**6)], final, rtol=1e-12)
+
+
+def test_narrow_integer_steps_and_constants_beyond_int32():
+  """An int8 step is widened before the cycle arithmetic; a cycle longer than int32 holds takes the
+  float path."""
+  np.testing.assert_allclose(js.schedules.cyclic(0.0, 1.0, 100)(jnp.int8(5)), 0.05, rtol=1e-12)
+  np.testing.assert_allclose(js.schedules.cosine_warm_restarts(1.0, t_0=40000)(jnp.int16(30000)),
+                             (1 + np.cos(np.pi * 0.75)) / 2, rtol=1e-12)
+  # (1 + t / total - cycle, as PyTorch computes it, cancels: 1e-7 relative)
+  np.testing.assert_allclose(js.schedules.cyclic(0.0, 1.0, step_size_up=3e9)(jnp.int32(3)), 1e-9, rtol=1e-6)
+
+
+def test_bfloat16_hyper_parameters_are_numbers():
+  schedule = js.schedules.one_cycle(100, jnp.asarray(0.1, jnp.bfloat16))
+  np.testing.assert_allclose(schedule(0), 0.1 / 25.0, rtol=1e-2)  # 0.1 rounded to bfloat16
+
+
 def test_float32_mode():
   schedule = js.schedules.cyclic(0.1, 1.0, 4)
   with jax.enable_x64(False):
@@ -160,6 +184,7 @@ def test_float32_mode():
     (js.schedules.cosine_warm_restarts, dict(base_value=0.1, t_0=2.5), "t_0"),
     (js.schedules.cosine_warm_restarts, dict(base_value=0.1, t_0=5, eta_min=None), "eta_min"),
     (js.schedules.cyclic, dict(base_value="a", max_value=1.0, step_size_up=3), "base_value"),
+    (js.schedules.cyclic, dict(base_value=0.1, max_value=1.0, step_size_up=float("inf")), "step_size_up"),
     (js.schedules.one_cycle, dict(total_steps=100, max_value=float("inf")), "max_value"),
 ])
 def test_invalid_arguments_are_clear_errors(factory, kwargs, message):
