@@ -52,8 +52,9 @@ def _from_scipy_form(bounds, x0):
     if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
         return (bounds.lb, bounds.ub)
     single = len(jax.tree_util.tree_leaves(x0)) == 1 and not isinstance(x0, (tuple, list, dict))
-    if single and isinstance(bounds, np.ndarray) and bounds.ndim == 2 and bounds.shape[1] == 2:
-        bounds = [tuple(pair) for pair in bounds.tolist()]  # scipy's (n, 2) array of pairs
+    array = isinstance(bounds, (np.ndarray, jax.Array)) and not isinstance(bounds, jax.core.Tracer)
+    if single and array and bounds.ndim == 2 and bounds.shape[1] == 2:
+        bounds = [tuple(pair) for pair in np.asarray(bounds).tolist()]  # scipy's (n, 2) array of pairs
     pairs = isinstance(bounds, (tuple, list)) and all(
         isinstance(b, (tuple, list)) and len(b) == 2 for b in bounds
     )

@@ -13,6 +13,8 @@ loop); :mod:`jaxsecond.implicit_diff` makes the solution differentiable in ``arg
 
 import collections
 import functools
+import itertools
+import threading
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -383,6 +385,12 @@ def _resolve_options(name, spec, tol, options):
                 raise ValueError(f"options['eta'] must be in [0, 0.25) (scipy's trust-region rule); got {value}")
             if key.endswith("trust_radius") and not isinstance(value, jax.core.Tracer) and not value > 0:
                 raise ValueError(f"options[{key!r}] must be positive (as scipy's); got {value}")
+    radii = [opts.get(key) for key in ("initial_trust_radius", "max_trust_radius")]
+    if None not in radii and not any(isinstance(r, jax.core.Tracer) for r in radii) and not radii[0] < radii[1]:
+        raise ValueError(
+            f"options['initial_trust_radius'] ({radii[0]}) must be below options['max_trust_radius'] "
+            f"({radii[1]}), as scipy requires"
+        )
     return opts
 
 
@@ -696,13 +704,17 @@ class _CompiledSolve(NamedTuple):
         top = type(jax.extend.core.find_top_trace(())).__name__ == "EvalTrace"
         if not top:
             return self.traced(*args)
-        result = self.top_level(*args)
-        if self.callback:
-            jax.block_until_ready(result)  # the callback has run for every iterate
-            if _CALLBACK_ERRORS:
-                error = _CALLBACK_ERRORS[0]
-                _CALLBACK_ERRORS.clear()
-                raise error
+        if not self.callback:
+            return self.top_level(*args)
+        with _CALLBACK_LOCK:
+            token = next(_CALLBACK_TOKENS) % 2**31
+        try:
+            result = jax.block_until_ready(self.top_level(*args, np.int32(token)))  # every callback ran
+        finally:
+            with _CALLBACK_LOCK:
+                error = _CALLBACK_ERRORS.pop(token, None)
+        if error is not None:
+            raise error
         return result
 
 
@@ -711,22 +723,21 @@ def _compiled_solve(problem, config, n):
         solve = functools.partial(_solve, problem, config)
         options = _compiler_options(n)
         traced = jax.jit(solve)
-        callback = config.callback is not None
-        if not options and not callback:
-            return _CompiledSolve(traced, traced, False)
-        top = functools.partial(solve, reraise=callback)
-        return _CompiledSolve(jax.jit(top, compiler_options=options) if options else jax.jit(top), traced, callback)
+        top = jax.jit(solve, compiler_options=options) if options else traced
+        return _CompiledSolve(top, traced, config.callback is not None)
 
     return _lru_get(_COMPILE_CACHE, (problem, config), make, _COMPILE_CACHE_SIZE)
 
 
-# Exceptions raised by users' callbacks in solves called outside any trace: the callback runs in
-# XLA's runtime, which would report them as its own error; the solve stops instead and the front
-# end raises them again (_CompiledSolve).
-_CALLBACK_ERRORS: list = []
+# Exceptions raised by users' callbacks in solves called outside any trace, by the call's token: the
+# callback runs in XLA's runtime, which would report them as its own error; the solve stops instead
+# and the front end raises them again (_CompiledSolve). Calls from several threads each have their own.
+_CALLBACK_ERRORS: dict = {}
+_CALLBACK_LOCK = threading.Lock()
+_CALLBACK_TOKENS = itertools.count()
 
 
-def _host_callback(callback, reraise, x, f, nit, nfev):
+def _host_callback(callback, x, f, nit, nfev, token):
     intermediate = OptimizeResult(
         x=x, fun=f, jac=None, nit=nit, nfev=nfev, njev=nfev, status=np.int32(Status.RUNNING), success=False
     )
@@ -735,15 +746,16 @@ def _host_callback(callback, reraise, x, f, nit, nfev):
     except StopIteration:
         stop = True
     except Exception as error:  # noqa: BLE001 - raised again by the front end
-        if not reraise:
+        if token < 0:  # a solve under a trace: nothing outside it can raise it again
             raise
-        _CALLBACK_ERRORS.append(error)
+        with _CALLBACK_LOCK:
+            _CALLBACK_ERRORS.setdefault(int(token), error)
         stop = True
     stop = np.asarray(stop) if isinstance(stop, (bool, np.bool_, np.ndarray, jax.Array)) else None
     return np.bool_(stop is not None and stop.dtype == bool and stop.ndim == 0 and bool(stop))
 
 
-def _solve(problem, config, x0, args, lower, upper, numeric, reraise=False):
+def _solve(problem, config, x0, args, lower, upper, numeric, token=-1):
     method = config.method
     spec = _METHODS[method]
     x_flat, unravel = ravel_pytree(x0)
@@ -765,10 +777,10 @@ def _solve(problem, config, x0, args, lower, upper, numeric, reraise=False):
 
     on_iterate = None
     if config.callback is not None:
-        host = functools.partial(_host_callback, config.callback.obj, reraise)
+        host = functools.partial(_host_callback, config.callback.obj)
 
         def on_iterate(x, f, g, nit, nfev):
-            return io_callback(host, jax.ShapeDtypeStruct((), bool), unravel(x), f, nit, nfev, ordered=True)
+            return io_callback(host, jax.ShapeDtypeStruct((), bool), unravel(x), f, nit, nfev, token, ordered=True)
 
     def solve(x_start, args, lo, up, numeric):
         numeric = _unpack_numeric(numeric)

@@ -396,7 +396,7 @@ def test_the_objective_never_sees_a_point_the_solver_made_non_finite():
         return jnp.sum(jnp.abs(x - 2.0)) + 0.1 * jnp.sum(x**2)
 
     res = js.minimize(kink, jnp.zeros(2, jnp.float32), method="l-bfgs-b")
-    jax.block_until_ready(res)
+    jax.effects_barrier()  # every (unordered) debug callback has run
     assert seen and all(seen)
     assert int(res.status) != js.Status.NONFINITE
     np.testing.assert_allclose(res.x, [2.0, 2.0], rtol=1e-6)  # the minimiser, at the kink
@@ -466,6 +466,7 @@ def test_unknown_option_lists_valid_keys():
 @pytest.mark.parametrize("method, options", [
     ("l-bfgs", {"maxcor": 0}), ("l-bfgs", {"maxls": 0}), ("l-bfgs", {"maxiter": -1}), ("l-bfgs", {"gtol": -1.0}),
     ("trust-ncg", {"initial_trust_radius": 0.0}), ("trust-ncg", {"max_trust_radius": -1.0}),
+    ("trust-ncg", {"initial_trust_radius": 2.0, "max_trust_radius": 1.0}),
 ])
 def test_invalid_option_values(method, options):
     with pytest.raises(ValueError, match=list(options)[0]):
@@ -520,8 +521,9 @@ def test_nan_bound_and_scipys_array_of_pairs():
     with pytest.raises(ValueError, match=r"lower is NaN at path \['a'\]"):
         js.minimize(lambda p: jnp.sum(p["a"] ** 2), {"a": jnp.zeros(2)}, bounds=(jnp.nan, 1.0))
     # scipy also takes bounds as an (n, 2) array of (min, max) rows.
-    res = js.minimize(lambda x: jnp.sum((x - 0.5) ** 2), jnp.zeros(3), bounds=np.array([[0, 1], [-1, 1], [0, 0.2]]))
-    np.testing.assert_allclose(res.x, [0.5, 0.5, 0.2])
+    for pairs in (np.array([[0, 1], [-1, 1], [0, 0.2]]), jnp.array([[0, 1], [-1, 1], [0, 0.2]])):
+        res = js.minimize(lambda x: jnp.sum((x - 0.5) ** 2), jnp.zeros(3), bounds=pairs)
+        np.testing.assert_allclose(res.x, [0.5, 0.5, 0.2], rtol=1e-6)
 
 
 def test_bounds_structure_mismatch_names_the_path():
@@ -799,6 +801,38 @@ def test_an_exception_in_the_callback_reaches_the_caller(method):
         js.minimize(rosen, jnp.array([-1.2, 1.0]), method=method, callback=fails_at_three)
     assert sum(n >= 3 for n in seen) == 1  # stopped at the iterate where it raised
     assert bool(js.minimize(rosen, jnp.array([-1.2, 1.0]), method=method, callback=lambda r: None).success)
+
+
+def test_callback_exceptions_reach_their_own_caller_from_several_threads():
+    import threading
+
+    class ErrorA(Exception):
+        pass
+
+    class ErrorB(Exception):
+        pass
+
+    outcomes = {ErrorA: [], ErrorB: []}
+
+    def run(error_type):
+        def fails(r):
+            if int(r.nit) >= 2:
+                raise error_type()
+
+        for _ in range(10):
+            try:
+                js.minimize(rosen, jnp.array([-1.2, 1.0]), callback=fails)
+                outcomes[error_type].append(None)
+            except Exception as error:  # noqa: BLE001 - the test reads which one arrived
+                outcomes[error_type].append(type(error))
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in (ErrorA, ErrorB)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == {ErrorA: [ErrorA] * 10, ErrorB: [ErrorB] * 10}
+    assert not optimize._CALLBACK_ERRORS
 
 
 def test_scipy_bounds_forms():
