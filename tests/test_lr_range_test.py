@@ -14,6 +14,7 @@ import jaxsecond as js
 from jaxsecond.lr_range_test import suggest_learning_rate
 
 matplotlib.use("Agg")
+import matplotlib.pyplot  # noqa: E402 - the tests below create figures before any plot imports it
 
 # f(x) = sum(h_i x_i^2) / 2: gradient descent converges for lr < 2 / max(h) = 0.2 and diverges above.
 CURVATURES = jnp.array([10.0, 5.0, 1.0, 0.5])
