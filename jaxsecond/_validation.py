@@ -42,6 +42,13 @@ def check_number(name, value, *, low=None, high=None, low_open=False, high_open=
     raise ValueError(f"{name} must lie in {left}{low_text}, {high_text}{right}, got {value!r}.")
 
 
+def check_ordered(low_name, low, high_name, high):
+  """Raises ValueError when concrete `low` and `high` have `low > high` (traced values pass)."""
+  low_value, high_value = concrete_float(low), concrete_float(high)
+  if low_value is not None and high_value is not None and low_value > high_value:
+    raise ValueError(f"{high_name} ({high!r}) must not be smaller than {low_name} ({low!r}).")
+
+
 def check_positive_int(name, value):
   """Raises TypeError/ValueError unless `value` is a positive Python integer."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

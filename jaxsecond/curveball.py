@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsecond._validation import check_number, concrete_float
+from jaxsecond._validation import check_number, check_ordered, concrete_float
 
 __all__ = [
     "CurveBallState",
@@ -721,17 +721,15 @@ def curveball(
     _check_number("damping_factor", damping_factor, low=0.0, high=1.0, low_open=True)
     _check_number("damping_low", damping_low)
     _check_number("damping_high", damping_high)
-    low, high = concrete_float(damping_low), concrete_float(damping_high)
-    if low is not None and high is not None and low > high:
-        raise ValueError(
-            f"curveball: `damping_low` ({damping_low}) must be <= `damping_high` ({damping_high})."
-        )
-    # An integer array is accepted too (traced or not): optax.inject_hyperparams passes every
+    check_ordered("`damping_low`", damping_low, "curveball: `damping_high`", damping_high)
+    # A 0-d integer array is accepted too (traced or not): optax.inject_hyperparams passes every
     # numeric argument as one, and the interval is only used in array arithmetic.
-    integer_array = jnp.ndim(damping_interval) == 0 and jnp.issubdtype(
-        getattr(damping_interval, "dtype", None) or type(damping_interval), jnp.integer)
-    if isinstance(damping_interval, bool) or not (isinstance(damping_interval, numbers.Integral)
-                                                  or integer_array):
+    dtype = getattr(damping_interval, "dtype", None)
+    integer_array = (dtype is not None and jnp.ndim(damping_interval) == 0
+                     and jnp.issubdtype(dtype, jnp.integer))
+    if isinstance(damping_interval, bool) or not (
+        isinstance(damping_interval, numbers.Integral) or integer_array
+    ):
         raise TypeError(f"curveball: `damping_interval` must be an int, got {damping_interval!r}.")
     interval = concrete_float(damping_interval)
     if interval is not None and interval < 1:
@@ -745,12 +743,8 @@ def curveball(
             )
         _check_number("momentum_range[0]", momentum_range[0], finite=False)  # -inf, inf: unbounded
         _check_number("momentum_range[1]", momentum_range[1], finite=False)
-        low, high = (concrete_float(x) for x in momentum_range)
-        if low is not None and high is not None and not low <= high:
-            raise ValueError(
-                f"curveball: `momentum_range` must be two numbers with low <= high, got "
-                f"{momentum_range!r}."
-            )
+        check_ordered("`momentum_range[0]`", momentum_range[0],
+                      "curveball: `momentum_range[1]`", momentum_range[1])
         momentum_range = tuple(momentum_range)
     if not isinstance(curvature, str) or curvature.lower() not in _CURVATURES:
         raise ValueError(f"curveball: `curvature` must be one of {_CURVATURES}, got {curvature!r}.")

@@ -383,13 +383,12 @@ def _resolve_options(name, spec, tol, options):
             _check_number(key, value, low=0.0)
             if key == "eta" and not isinstance(value, jax.core.Tracer) and not value < 0.25:
                 raise ValueError(f"options['eta'] must be in [0, 0.25) (scipy's trust-region rule); got {value}")
-            if key.endswith("trust_radius") and not isinstance(value, jax.core.Tracer) and not value > 0:
-                raise ValueError(f"options[{key!r}] must be positive (as scipy's); got {value}")
-    radii = [opts.get(key) for key in ("initial_trust_radius", "max_trust_radius")]
-    if None not in radii and not any(isinstance(r, jax.core.Tracer) for r in radii) and not radii[0] < radii[1]:
+    initial, largest = opts.get("initial_trust_radius"), opts.get("max_trust_radius")
+    concrete = not any(isinstance(r, jax.core.Tracer) for r in (initial, largest))
+    if initial is not None and concrete and not 0 < initial < largest:
         raise ValueError(
-            f"options['initial_trust_radius'] ({radii[0]}) must be below options['max_trust_radius'] "
-            f"({radii[1]}), as scipy requires"
+            f"options['initial_trust_radius'] ({initial}) must be positive and below "
+            f"options['max_trust_radius'] ({largest}), as scipy requires"
         )
     return opts
 

@@ -12,7 +12,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsecond._validation import check_number, check_positive_int
+from jaxsecond._validation import check_number, check_ordered, check_positive_int
 
 _CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 _ANNEAL_STRATEGIES = ("cos", "linear")
@@ -43,11 +43,6 @@ def _check_step_size(name, value):
     raise TypeError(f"{name} must be a positive number, got {value!r}.")
   if not (value > 0 and math.isfinite(value)):
     raise ValueError(f"{name} must be positive and finite, got {value!r}.")
-
-
-def _check_ordered(low_name, low, high_name, high):
-  if high < low:
-    raise ValueError(f"{high_name} ({high!r}) must not be smaller than {low_name} ({low!r}).")
 
 
 def cyclic(base_value, max_value, step_size_up, step_size_down=None, mode="triangular", gamma=1.0,
@@ -89,7 +84,7 @@ def cyclic(base_value, max_value, step_size_up, step_size_down=None, mode="trian
     _check_step_size("step_size_down", step_size_down)
   check_number("base_value", base_value)
   check_number("max_value", max_value)
-  _check_ordered("base_value", base_value, "max_value", max_value)
+  check_ordered("base_value", base_value, "max_value", max_value)
   if scale_fn is None:
     if mode not in _CYCLIC_MODES:
       raise ValueError(f"mode must be one of {_CYCLIC_MODES} (or give scale_fn), got {mode!r}.")
@@ -265,7 +260,7 @@ def one_cycle_momentum(total_steps, pct_start=0.3, base_momentum=0.85, max_momen
   _check_one_cycle(total_steps, pct_start, anneal_strategy, three_phase)
   check_number("base_momentum", base_momentum, low=0.0)
   check_number("max_momentum", max_momentum, low=0.0)
-  _check_ordered("base_momentum", base_momentum, "max_momentum", max_momentum)
+  check_ordered("base_momentum", base_momentum, "max_momentum", max_momentum)
   base_momentum, max_momentum = float(base_momentum), float(max_momentum)
   values = {"initial": max_momentum, "peak": base_momentum, "final": max_momentum}
   return _piecewise_anneal(total_steps, pct_start, anneal_strategy, three_phase, values)
